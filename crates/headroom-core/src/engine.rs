@@ -1,0 +1,177 @@
+//! A directory of accounts around the per-account state machine: finds the
+//! account of a subject and runs the operation on it. The stores wrap this
+//! with durability; the simulator and the benchmarks drive it directly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::account::{AccountState, Outcome};
+use crate::catalog::Catalog;
+use crate::decision::*;
+use crate::error::CoreError;
+use crate::events::Event;
+use crate::ids::{AccountId, PlanId, SubjectId};
+use crate::money::Credits;
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    accounts: HashMap<AccountId, AccountState>,
+    subjects: HashMap<SubjectId, AccountId>,
+}
+
+impl Engine {
+    pub fn new(catalog: Arc<Catalog>) -> Engine {
+        Engine {
+            catalog,
+            accounts: HashMap::new(),
+            subjects: HashMap::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn open_account(
+        &mut self,
+        id: AccountId,
+        plan: &PlanId,
+        overdraft: Option<Credits>,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, CoreError> {
+        if self.accounts.contains_key(&id) {
+            return Err(CoreError::AccountExists(id));
+        }
+        let (account, events) =
+            AccountState::open(&self.catalog, id.clone(), plan, overdraft, now)?;
+        self.accounts.insert(id, account);
+        Ok(events)
+    }
+
+    pub fn put_subject(
+        &mut self,
+        subject: SubjectId,
+        account: &AccountId,
+        plan: Option<PlanId>,
+    ) -> Result<(), CoreError> {
+        if let Some(existing) = self.subjects.get(&subject)
+            && existing != account
+        {
+            return Err(CoreError::SubjectInOtherAccount {
+                subject,
+                account: existing.clone(),
+            });
+        }
+        let state = self
+            .accounts
+            .get_mut(account)
+            .ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        state.put_subject(&self.catalog, subject.clone(), plan)?;
+        self.subjects.insert(subject, account.clone());
+        Ok(())
+    }
+
+    pub fn account(&self, id: &AccountId) -> Option<&AccountState> {
+        self.accounts.get(id)
+    }
+
+    pub fn account_mut(&mut self, id: &AccountId) -> Option<&mut AccountState> {
+        self.accounts.get_mut(id)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &AccountState> {
+        self.accounts.values()
+    }
+
+    pub fn account_of(&self, subject: &SubjectId) -> Result<&AccountId, CoreError> {
+        self.subjects
+            .get(subject)
+            .ok_or_else(|| CoreError::UnknownSubject(subject.clone()))
+    }
+
+    fn subject_account(&mut self, subject: &SubjectId) -> Result<&mut AccountState, CoreError> {
+        let account = self
+            .subjects
+            .get(subject)
+            .ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
+        Ok(self
+            .accounts
+            .get_mut(account)
+            .expect("every subject's account exists"))
+    }
+
+    pub fn decide(
+        &mut self,
+        request: &DecisionRequest,
+        now: Timestamp,
+    ) -> Result<Outcome<Decision>, CoreError> {
+        let catalog = self.catalog.clone();
+        self.subject_account(&request.subject)?
+            .decide(&catalog, request, now)
+    }
+
+    pub fn reserve(
+        &mut self,
+        request: &ReserveRequest,
+        now: Timestamp,
+    ) -> Result<Outcome<Decision>, CoreError> {
+        let catalog = self.catalog.clone();
+        self.subject_account(&request.subject)?
+            .reserve(&catalog, request, now)
+    }
+
+    /// Captures a reservation of `subject`'s account.
+    pub fn capture(
+        &mut self,
+        subject: &SubjectId,
+        request: &CaptureRequest,
+        now: Timestamp,
+    ) -> Result<Outcome<Decision>, CoreError> {
+        let catalog = self.catalog.clone();
+        self.subject_account(subject)?
+            .capture(&catalog, request, now)
+    }
+
+    pub fn release(
+        &mut self,
+        subject: &SubjectId,
+        request: &ReleaseRequest,
+        now: Timestamp,
+    ) -> Result<Outcome<Released>, CoreError> {
+        let catalog = self.catalog.clone();
+        self.subject_account(subject)?
+            .release(&catalog, request, now)
+    }
+
+    pub fn add_grant(
+        &mut self,
+        account: &AccountId,
+        request: &GrantRequest,
+        now: Timestamp,
+    ) -> Result<Outcome<GrantAdded>, CoreError> {
+        let catalog = self.catalog.clone();
+        let state = self
+            .accounts
+            .get_mut(account)
+            .ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        state.add_grant(&catalog, request, now)
+    }
+
+    /// Moves every account to `now` (expiring reservations and grants).
+    pub fn advance_all(&mut self, now: Timestamp) -> Vec<Event> {
+        let mut events = Vec::new();
+        for account in self.accounts.values_mut() {
+            account.advance(&self.catalog, now, &mut events);
+        }
+        events
+    }
+
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for account in self.accounts.values() {
+            account.check_invariants(&self.catalog)?;
+        }
+        Ok(())
+    }
+}

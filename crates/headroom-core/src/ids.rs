@@ -1,0 +1,172 @@
+//! Identifier newtypes. Each one parses on construction, so that a value of the
+//! type is always well formed ("parse, don't validate").
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::limits::{ID_LENGTH_MAX, IDEMPOTENCY_KEY_LENGTH_MAX};
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdError {
+    Empty,
+    TooLong { length: usize, max: usize },
+    InvalidCharacter { character: char, position: usize },
+}
+
+impl fmt::Display for IdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdError::Empty => write!(f, "must not be empty"),
+            IdError::TooLong { length, max } => {
+                write!(f, "is {length} bytes long, at most {max} are allowed")
+            }
+            IdError::InvalidCharacter {
+                character,
+                position,
+            } => write!(
+                f,
+                "has the invalid character {character:?} at position {position} \
+                 (allowed: letters, digits and . _ - : @)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IdError {}
+
+/// Ids are used in URLs, logs and file names: keep them to a safe alphabet.
+fn is_id_character(character: char) -> bool {
+    character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-' | ':' | '@')
+}
+
+/// Idempotency keys come from clients (UUIDs, hashes, composite strings): any
+/// printable ASCII character except space.
+fn is_key_character(character: char) -> bool {
+    character.is_ascii_graphic()
+}
+
+fn check(text: &str, length_max: usize, allowed: fn(char) -> bool) -> Result<(), IdError> {
+    if text.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if text.len() > length_max {
+        return Err(IdError::TooLong {
+            length: text.len(),
+            max: length_max,
+        });
+    }
+    match text
+        .char_indices()
+        .find(|(_, character)| !allowed(*character))
+    {
+        Some((position, character)) => Err(IdError::InvalidCharacter {
+            character,
+            position,
+        }),
+        None => Ok(()),
+    }
+}
+
+macro_rules! identifier {
+    ($(#[$meta:meta])* $name:ident, $length_max:expr, $allowed:expr) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn new(text: &str) -> Result<Self, IdError> {
+                check(text, $length_max, $allowed)?;
+                Ok(Self(Arc::from(text)))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::new(text)
+            }
+        }
+    };
+}
+
+identifier!(
+    /// Who makes a request: a user or an API key. Belongs to one account.
+    SubjectId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// Who pays: owns the wallet.
+    AccountId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// A metered thing, such as `codex.cloud_task`.
+    FeatureId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// A set of features that share windows, with a weight per feature.
+    GroupId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// What a subject gets for free: its limit windows.
+    PlanId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// One limit window of a plan, unique within that plan.
+    WindowId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// One grant of credits in a wallet.
+    GrantId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// The caller's key that makes a consuming call happen at most once.
+    IdempotencyKey, IDEMPOTENCY_KEY_LENGTH_MAX, is_key_character
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_on_construction() {
+        assert!(SubjectId::new("user-42@acme").is_ok());
+        assert_eq!(SubjectId::new(""), Err(IdError::Empty));
+        assert_eq!(
+            FeatureId::new("codex task"),
+            Err(IdError::InvalidCharacter {
+                character: ' ',
+                position: 5
+            })
+        );
+        let long = "a".repeat(ID_LENGTH_MAX + 1);
+        assert!(matches!(
+            AccountId::new(&long),
+            Err(IdError::TooLong { .. })
+        ));
+        assert!(IdempotencyKey::new("req/2026-11-25#1").is_ok());
+        assert!(IdempotencyKey::new("has space").is_err());
+    }
+}

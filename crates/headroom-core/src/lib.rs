@@ -1,0 +1,32 @@
+//! The pure decision core of Headroom: "how much of this is allowed, and from where?"
+//!
+//! No I/O, no threads, no system clock. State in, decision and events out;
+//! time is passed in by the caller.
+
+pub mod account;
+pub mod catalog;
+pub mod decision;
+pub mod engine;
+mod error;
+pub mod events;
+mod fingerprint;
+mod grant_kind;
+pub mod ids;
+pub mod invariants;
+mod keys;
+pub mod limits;
+pub mod money;
+pub mod time;
+pub mod wallet;
+pub mod window;
+
+pub use account::{AccountState, Outcome, SettleError, Settlement, Usage};
+pub use catalog::Catalog;
+pub use decision::*;
+pub use engine::Engine;
+pub use error::CoreError;
+pub use events::*;
+pub use grant_kind::GrantKind;
+pub use ids::*;
+pub use money::Credits;
+pub use time::{Clock, Duration, FakeClock, Timestamp};
