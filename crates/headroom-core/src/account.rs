@@ -321,8 +321,12 @@ impl AccountState {
         );
         let credit_units = request.quantity - window_units;
         let id = match key {
-            Some(key) => DecisionId::derive(&self.id, key),
-            None => DecisionId::derive(&self.id, &IdempotencyKey::new("preview").expect("valid")),
+            Some(key) => DecisionId::derive(&self.id, key, now),
+            None => DecisionId::derive(
+                &self.id,
+                &IdempotencyKey::new("preview").expect("valid"),
+                now,
+            ),
         };
         let kind = if request.preview {
             DecisionKind::Preview
@@ -409,7 +413,7 @@ impl AccountState {
             request.quantity,
             now,
         );
-        let id = DecisionId::derive(&self.id, &request.idempotency_key);
+        let id = DecisionId::derive(&self.id, &request.idempotency_key, now);
         let mut decision = self.blank_decision(
             id,
             DecisionKind::Reserve,
@@ -555,7 +559,7 @@ impl AccountState {
         };
 
         let window_units = from_window_hold + extra_window_units;
-        let id = DecisionId::derive(&self.id, &request.idempotency_key);
+        let id = DecisionId::derive(&self.id, &request.idempotency_key, now);
         let mut decision = self.blank_decision(
             id,
             DecisionKind::Capture,
@@ -678,12 +682,13 @@ impl AccountState {
         if self.wallet.grant_index(&request.grant).is_some() {
             return Err(CoreError::GrantExists(request.grant.clone()));
         }
-        let mut events = Vec::new();
-        self.advance(catalog, now, &mut events);
+        // Counted before advancing, which may drop spent grants: a refusal
+        // must change nothing, and the next operation's advance frees room.
         if self.wallet.grants.len() >= GRANTS_PER_ACCOUNT_MAX {
-            // Advancing changed state, so report that work, then refuse.
             return Err(CoreError::TooManyGrants);
         }
+        let mut events = Vec::new();
+        self.advance(catalog, now, &mut events);
         self.wallet.insert_grant(Grant {
             id: request.grant.clone(),
             kind: request.kind,
@@ -696,7 +701,7 @@ impl AccountState {
             held: Credits::ZERO,
         });
         self.grants_added += 1;
-        let cause = DecisionId::derive(&self.id, &request.idempotency_key).0;
+        let cause = DecisionId::derive(&self.id, &request.idempotency_key, now).0;
         let delta = request.credits.signed().expect(BOUNDED);
         self.push_update(
             EventId::derive(cause, "grant", 0),
@@ -1101,6 +1106,7 @@ impl AccountState {
             let (id, source) = (grant.id.clone(), self.wallet.source(Line::Grant(index)));
             self.wallet.add_pending_debit(Line::Grant(index), lapsed);
             let cause = crate::fingerprint::Fnv128::new()
+                .field(self.id.as_str().as_bytes())
                 .field(id.as_str().as_bytes())
                 .number(self.next_sequence)
                 .finish();

@@ -11,8 +11,9 @@ use crate::money::Credits;
 use crate::time::{Duration, Timestamp};
 use crate::window::WindowReport;
 
-/// A 128-bit id derived from the account and the idempotency key of the call
-/// that made it, so that the same call always yields the same ids.
+/// A 128-bit id derived from the account, the idempotency key of the call
+/// that made it and the time it was made: the same call always yields the
+/// same ids, and a key used again after its retention period yields new ones.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DecisionId(pub u128);
 
@@ -20,11 +21,12 @@ pub struct DecisionId(pub u128);
 pub type ReservationId = DecisionId;
 
 impl DecisionId {
-    pub fn derive(account: &crate::AccountId, key: &IdempotencyKey) -> DecisionId {
+    pub fn derive(account: &crate::AccountId, key: &IdempotencyKey, at: Timestamp) -> DecisionId {
         DecisionId(
             Fnv128::new()
                 .field(account.as_str().as_bytes())
                 .field(key.as_str().as_bytes())
+                .number(at.millis())
                 .finish(),
         )
     }

@@ -110,6 +110,13 @@ impl EventAudit {
         Ok(())
     }
 
+    /// Drops the links already proven complete, keeping only event ids (for
+    /// duplicate detection), so that a long run stays small.
+    pub fn forget_complete(&mut self) {
+        self.usage.clear();
+        self.monetization.clear();
+    }
+
     /// Invariant 4 once a batch of events is complete: every usage event has
     /// its monetization event, and every monetization's debits sum to its
     /// amount less its write-off.

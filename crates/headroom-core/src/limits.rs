@@ -7,8 +7,8 @@ pub const ID_LENGTH_MAX: usize = 128;
 /// Longest idempotency key, in bytes (room for a UUID plus a prefix, or a hash).
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;
 
-/// Largest quantity of one request, in units. With prices up to
-/// [`PRICE_MICROS_MAX`] the product stays far below `u64::MAX`.
+/// Largest quantity of one request, in units. A charge (quantity × price)
+/// is further bounded by [`CHARGE_MICROS_MAX`] and refused beyond it.
 pub const QUANTITY_MAX: u64 = 1_000_000_000;
 
 /// Highest price of one unit, in micro-credits (one million credits).

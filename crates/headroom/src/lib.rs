@@ -1,0 +1,5 @@
+//! The `headroom` command: the simulator now; the server, reconciliation and
+//! the load tool as they arrive.
+
+pub mod random;
+pub mod simulate;
