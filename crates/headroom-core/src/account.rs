@@ -32,7 +32,7 @@ pub struct Outcome<T> {
 
 /// Window states of one owner (a subject or the account), aligned with the
 /// windows of one plan; `None` until first used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct WindowSet {
     plan: PlanId,
     states: Vec<Option<WindowState>>,
@@ -67,7 +67,7 @@ impl WindowSet {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct SubjectState {
     /// The subject's own plan; `None`: the account's.
     plan: Option<PlanId>,
@@ -76,13 +76,13 @@ struct SubjectState {
 
 /// A window that applies to a request: whose it is, which one, and the
 /// weight of one unit of the feature in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Applicable {
     scope: Scope,
     meter: Meter,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Reservation {
     subject: SubjectId,
     feature: FeatureId,
@@ -104,7 +104,7 @@ enum CreditCover {
     NotForSale,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AccountState {
     id: AccountId,
     plan: PlanId,
@@ -785,7 +785,7 @@ impl AccountState {
                     .checked_sub(amount)
                     .expect("settles what was pending");
                 let used = overdraft.settled_used.checked_add(amount).expect(BOUNDED);
-                write_off = used.saturating_sub(overdraft.limit.max(overdraft.settled_used));
+                write_off = used.saturating_sub(overdraft.limit);
                 overdraft.settled_used = used.checked_sub(write_off).expect("write_off <= used");
             }
             (Line::Overdraft, true) => {

@@ -26,7 +26,7 @@ pub struct Catalog {
 }
 
 /// One unit of `feature` counts as `weight` units of the plan's window `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meter {
     /// Index into [`Plan::windows`].
     pub window: usize,
@@ -92,7 +92,7 @@ pub enum Metered {
 }
 
 /// Whose usage a window counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Scope {
     /// Each subject has its own instance of the window.
     Subject,

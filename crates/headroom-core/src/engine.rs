@@ -30,6 +30,18 @@ impl Engine {
         }
     }
 
+    /// Rebuilds an engine from account states (a snapshot), with the subject index.
+    pub fn from_accounts(catalog: Arc<Catalog>, accounts: Vec<AccountState>) -> Engine {
+        let mut engine = Engine::new(catalog);
+        for account in accounts {
+            for subject in account.subjects() {
+                engine.subjects.insert(subject.clone(), account.id().clone());
+            }
+            engine.accounts.insert(account.id().clone(), account);
+        }
+        engine
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }

@@ -9,7 +9,7 @@ use crate::money::Credits;
 use crate::time::Timestamp;
 
 /// A 128-bit event id, derived from what caused the event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct EventId(pub u128);
 
 impl EventId {
@@ -30,7 +30,7 @@ impl std::fmt::Display for EventId {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     Usage(UsageEvent),
     Monetization(MonetizationEvent),
@@ -38,7 +38,7 @@ pub enum Event {
 }
 
 /// Units used: one per allowed decide or capture.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageEvent {
     pub id: EventId,
     pub decision: DecisionId,
@@ -54,7 +54,7 @@ pub struct UsageEvent {
 
 /// The price of one usage event: exactly one per usage event, zero credits
 /// when windows covered it all.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MonetizationEvent {
     pub id: EventId,
     pub usage: EventId,
@@ -68,14 +68,14 @@ pub struct MonetizationEvent {
 }
 
 /// Which balance a balance update moves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BalanceSource {
     Grant(GrantId),
     Overdraft,
 }
 
 /// Why a balance moved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BalanceCause {
     /// Credits spent by a monetization event.
     Debit { monetization: EventId },
@@ -87,7 +87,7 @@ pub enum BalanceCause {
 
 /// One entry of the ledger. Within an account, `sequence` numbers updates
 /// 1, 2, 3… in the order they must be settled; settling is idempotent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalanceUpdate {
     pub id: EventId,
     pub sequence: u64,

@@ -2,7 +2,7 @@ use std::fmt;
 
 /// Where the credits of a grant came from. The waterfall spends the kinds in
 /// this order: free allowances first, purchased credits last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum GrantKind {
     FreeTier,
     Promotion,

@@ -9,14 +9,14 @@ use crate::ids::IdempotencyKey;
 use crate::limits::IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX;
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct KeyRecord {
     fingerprint: u128,
     expires_at: Timestamp,
     recorded: Recorded,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyTable {
     records: HashMap<IdempotencyKey, KeyRecord>,
     /// Keys in the order they expire (retention is fixed, time only moves on).

@@ -6,7 +6,7 @@ use std::fmt;
 pub const MICROS_PER_CREDIT: u64 = 1_000_000;
 
 /// A non-negative amount of micro-credits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Credits(u64);
 
 /// An arithmetic result that does not fit: an operating error, reported as a value.

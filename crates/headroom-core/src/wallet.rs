@@ -13,7 +13,7 @@ use crate::time::Timestamp;
 
 const BOUNDED: &str = "amounts are bounded by limits so that sums fit";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
     pub id: GrantId,
     pub kind: GrantKind,
@@ -56,7 +56,7 @@ impl Grant {
 }
 
 /// Spending below zero, up to a limit.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Overdraft {
     pub limit: Credits,
     /// Settled debt.
@@ -84,7 +84,7 @@ pub enum Line {
     Overdraft,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Wallet {
     /// Always sorted in waterfall order.
     pub grants: Vec<Grant>,

@@ -75,7 +75,7 @@ enum Remembered {
 struct Simulation {
     random: Random,
     engine: Engine,
-    now: Timestamp,
+    clock: FakeClock,
     accounts: Vec<AccountId>,
     subjects: Vec<SubjectId>,
     features: Vec<(FeatureId, Vec<(String, Vec<String>)>)>,
@@ -168,7 +168,7 @@ impl Simulation {
         Simulation {
             random,
             engine,
-            now,
+            clock: FakeClock::new(now),
             accounts,
             subjects,
             features,
@@ -200,7 +200,7 @@ impl Simulation {
             76..=85 => self.settle(operation),
             86..=87 => {
                 *operation = "sweep".to_string();
-                let events = self.engine.advance_all(self.now);
+                let events = self.engine.advance_all(self.clock.now());
                 self.record(&events)
             }
             _ => {
@@ -251,7 +251,7 @@ impl Simulation {
             preview,
         };
         *operation = format!("decide {request:?}");
-        match self.engine.decide(&request, self.now) {
+        match self.engine.decide(&request, self.clock.now()) {
             Ok(outcome) => {
                 self.count(&outcome.result);
                 self.record(&outcome.events)?;
@@ -286,7 +286,7 @@ impl Simulation {
             lifetime,
         };
         *operation = format!("reserve {request:?}");
-        match self.engine.reserve(&request, self.now) {
+        match self.engine.reserve(&request, self.clock.now()) {
             Ok(outcome) => {
                 self.count(&outcome.result);
                 self.record(&outcome.events)?;
@@ -322,7 +322,7 @@ impl Simulation {
             idempotency_key: self.key(),
         };
         *operation = format!("capture by {subject} {request:?}");
-        match self.engine.capture(&subject, &request, self.now) {
+        match self.engine.capture(&subject, &request, self.clock.now()) {
             Ok(outcome) => {
                 self.reservations.swap_remove(index);
                 self.report.captures += 1;
@@ -337,7 +337,7 @@ impl Simulation {
                 // Replaying the capture returns the same answer and changes nothing.
                 let replay = self
                     .engine
-                    .capture(&subject, &request, self.now)
+                    .capture(&subject, &request, self.clock.now())
                     .map_err(|error| error.to_string())?;
                 if !replay.replayed || replay.result != outcome.result {
                     return Err("a replayed capture did not return the original".to_string());
@@ -363,7 +363,7 @@ impl Simulation {
             idempotency_key: self.key(),
         };
         *operation = format!("release by {subject} {request:?}");
-        match self.engine.release(&subject, &request, self.now) {
+        match self.engine.release(&subject, &request, self.clock.now()) {
             Ok(outcome) => {
                 self.report.releases += 1;
                 self.record(&outcome.events)
@@ -387,11 +387,11 @@ impl Simulation {
         let expires_at = match self.random.below(3) {
             0 => None,
             1 => Some(
-                self.now
+                self.clock.now()
                     .saturating_add(Duration::from_millis(self.random.between(1, 7_200_000))),
             ),
             _ => Some(
-                self.now
+                self.clock.now()
                     .saturating_add(Duration::from_days(self.random.between(1, 30))),
             ),
         };
@@ -405,13 +405,13 @@ impl Simulation {
             idempotency_key: key,
         };
         *operation = format!("grant to {account} {request:?}");
-        match self.engine.add_grant(&account, &request, self.now) {
+        match self.engine.add_grant(&account, &request, self.clock.now()) {
             Ok(outcome) => {
                 self.report.grants += 1;
                 self.record(&outcome.events)?;
                 let replay = self
                     .engine
-                    .add_grant(&account, &request, self.now)
+                    .add_grant(&account, &request, self.clock.now())
                     .map_err(|error| error.to_string())?;
                 if !replay.replayed || !replay.events.is_empty() {
                     return Err("a replayed grant granted again".to_string());
@@ -449,11 +449,11 @@ impl Simulation {
         let (replayed, original) = match &remembered {
             Remembered::Decide(request, original) => {
                 *operation = format!("replay decide {request:?}");
-                (self.engine.decide(request, self.now), original)
+                (self.engine.decide(request, self.clock.now()), original)
             }
             Remembered::Reserve(request, original) => {
                 *operation = format!("replay reserve {request:?}");
-                (self.engine.reserve(request, self.now), original)
+                (self.engine.reserve(request, self.clock.now()), original)
             }
         };
         match replayed {
@@ -506,7 +506,7 @@ impl Simulation {
             .map_err(|error| error.to_string())?
             .clone();
         let before = self.wallet_of(&account);
-        match self.engine.decide(&changed, self.now) {
+        match self.engine.decide(&changed, self.clock.now()) {
             Err(CoreError::IdempotencyConflict(_)) => {
                 self.report.conflicts += 1;
                 if before != self.wallet_of(&account) {
@@ -560,7 +560,7 @@ impl Simulation {
             0 => {
                 self.report.clock_steps_back += 1;
                 let back = Duration::from_millis(self.random.between(1, 3_600_000));
-                self.now = Timestamp::from_millis(self.now.millis().saturating_sub(back.millis()));
+                self.clock.set(Timestamp::from_millis(self.clock.now().millis().saturating_sub(back.millis())));
                 *operation = format!("clock back {back:?}");
                 return;
             }
@@ -568,7 +568,7 @@ impl Simulation {
             _ => Duration::from_millis(self.random.between(0, 20_000)),
         };
         *operation = format!("clock forward {step:?}");
-        self.now = self.now.saturating_add(step);
+        self.clock.advance(step);
     }
 
     fn wallet_of(&self, account: &AccountId) -> Option<headroom_core::wallet::Wallet> {
