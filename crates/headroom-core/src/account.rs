@@ -1464,6 +1464,7 @@ pub enum Settlement {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettleError {
+    UnknownAccount(AccountId),
     WrongAccount {
         update: AccountId,
         account: AccountId,
@@ -1478,6 +1479,7 @@ pub enum SettleError {
 impl std::fmt::Display for SettleError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SettleError::UnknownAccount(account) => write!(f, "balance update of unknown account {account}"),
             SettleError::WrongAccount { update, account } => {
                 write!(
                     f,

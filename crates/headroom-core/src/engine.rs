@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::account::{AccountState, Outcome};
+use crate::account::{AccountState, Outcome, SettleError, Settlement};
 use crate::catalog::Catalog;
 use crate::decision::*;
 use crate::error::CoreError;
-use crate::events::Event;
+use crate::events::{BalanceUpdate, Event};
 use crate::ids::{AccountId, PlanId, SubjectId};
 use crate::money::Credits;
 use crate::time::Timestamp;
@@ -169,6 +169,19 @@ impl Engine {
             .get_mut(account)
             .ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
         state.add_grant(&catalog, request, now)
+    }
+
+    pub fn set_plan(&mut self, account: &AccountId, plan: &PlanId, overdraft: Option<Credits>) -> Result<(), CoreError> {
+        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        state.set_plan(&self.catalog, plan, overdraft)
+    }
+
+    /// Settles one balance update of its account.
+    pub fn settle(&mut self, update: &BalanceUpdate) -> Result<Settlement, SettleError> {
+        match self.accounts.get_mut(&update.account) {
+            Some(state) => state.settle(update),
+            None => Err(SettleError::UnknownAccount(update.account.clone())),
+        }
     }
 
     /// Moves every account to `now` (expiring reservations and grants).

@@ -2,7 +2,7 @@
 //! taken from a [`Clock`]. Only the adapter in the `headroom` crate reads the
 //! system clock.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::fmt;
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -114,36 +114,35 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// Where time comes from. The server uses the system clock; tests and the
 /// simulator use [`FakeClock`] and move it by hand.
-pub trait Clock {
+pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
 }
 
-/// A clock that only moves when told to.
+/// A clock that only moves when told to. Shareable between threads, so that
+/// a test can move the clock of a running store.
 #[derive(Debug, Default)]
 pub struct FakeClock {
-    now: Cell<Timestamp>,
+    now_millis: AtomicU64,
 }
 
 impl FakeClock {
     pub fn new(start: Timestamp) -> FakeClock {
-        FakeClock {
-            now: Cell::new(start),
-        }
+        FakeClock { now_millis: AtomicU64::new(start.millis()) }
     }
 
     pub fn advance(&self, by: Duration) {
-        self.now.set(self.now.get().saturating_add(by));
+        self.set(self.now().saturating_add(by));
     }
 
     /// Sets the time, also backwards: the store must cope with a clock step back.
     pub fn set(&self, to: Timestamp) {
-        self.now.set(to);
+        self.now_millis.store(to.millis(), Ordering::SeqCst);
     }
 }
 
 impl Clock for FakeClock {
     fn now(&self) -> Timestamp {
-        self.now.get()
+        Timestamp::from_millis(self.now_millis.load(Ordering::SeqCst))
     }
 }
 

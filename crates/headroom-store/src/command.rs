@@ -1,0 +1,93 @@
+//! Commands: every change to the engine's state, as a value. Stores log
+//! them and apply them through [`apply`], the one place where a command
+//! meets the core, so that recovery replays exactly what was acknowledged.
+
+use headroom_core::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    OpenAccount { account: AccountId, plan: PlanId, overdraft: Option<Credits> },
+    SetPlan { account: AccountId, plan: PlanId, overdraft: Option<Credits> },
+    PutSubject { subject: SubjectId, account: AccountId, plan: Option<PlanId> },
+    Decide(DecisionRequest),
+    Reserve(ReserveRequest),
+    Capture { subject: SubjectId, request: CaptureRequest },
+    Release { subject: SubjectId, request: ReleaseRequest },
+    AddGrant { account: AccountId, request: GrantRequest },
+    /// Settles one balance update into the balance of record.
+    Settle(BalanceUpdate),
+    /// Moves every account to now: expires reservations and grants.
+    Advance,
+}
+
+/// What a command answered, with the events it recorded.
+#[derive(Debug, Clone)]
+pub enum Response {
+    Done { events: Vec<Event> },
+    Decision(Outcome<Decision>),
+    Released(Outcome<Released>),
+    GrantAdded(Outcome<GrantAdded>),
+    Settled(Settlement),
+}
+
+impl Response {
+    pub fn events(&self) -> &[Event] {
+        match self {
+            Response::Done { events } => events,
+            Response::Decision(outcome) => &outcome.events,
+            Response::Released(outcome) => &outcome.events,
+            Response::GrantAdded(outcome) => &outcome.events,
+            Response::Settled(_) => &[],
+        }
+    }
+}
+
+/// Why a command was refused. Either way, it changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Core(CoreError),
+    Settle(SettleError),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Core(error) => error.fmt(f),
+            Refusal::Settle(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Applies `command` at `now`. Deterministic: the same engine state, command
+/// and time give the same state, answer and events.
+pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<Response, Refusal> {
+    let core = Refusal::Core;
+    match command {
+        Command::OpenAccount { account, plan, overdraft } => engine
+            .open_account(account.clone(), plan, *overdraft, now)
+            .map(|events| Response::Done { events })
+            .map_err(core),
+        Command::SetPlan { account, plan, overdraft } => engine
+            .set_plan(account, plan, *overdraft)
+            .map(|()| Response::Done { events: Vec::new() })
+            .map_err(core),
+        Command::PutSubject { subject, account, plan } => engine
+            .put_subject(subject.clone(), account, plan.clone())
+            .map(|()| Response::Done { events: Vec::new() })
+            .map_err(core),
+        Command::Decide(request) => engine.decide(request, now).map(Response::Decision).map_err(core),
+        Command::Reserve(request) => engine.reserve(request, now).map(Response::Decision).map_err(core),
+        Command::Capture { subject, request } => {
+            engine.capture(subject, request, now).map(Response::Decision).map_err(core)
+        }
+        Command::Release { subject, request } => {
+            engine.release(subject, request, now).map(Response::Released).map_err(core)
+        }
+        Command::AddGrant { account, request } => {
+            engine.add_grant(account, request, now).map(Response::GrantAdded).map_err(core)
+        }
+        Command::Settle(update) => engine.settle(update).map(Response::Settled).map_err(Refusal::Settle),
+        Command::Advance => Ok(Response::Done { events: engine.advance_all(now) }),
+    }
+}

@@ -1,0 +1,326 @@
+//! The embedded store: one data directory, a write-ahead log with group
+//! commit, and snapshots.
+//!
+//! Two threads. The *engine thread* owns the engine: it takes a batch of
+//! waiting commands, applies each through the core in order, encodes the
+//! ones that changed state into one log frame and hands the frame, with the
+//! answers, to the *writer thread*, then goes on with the next batch. The
+//! writer appends the frame, `fdatasync`s once for the whole batch, and only
+//! then sends the answers. A later batch can only be acknowledged after an
+//! earlier one (one writer, in order), so an answer never depends on state
+//! that could be lost.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use headroom_core::{Catalog, Clock, Engine};
+
+use crate::command::{apply, Command, Response};
+use crate::log::{self, Batch, SegmentWriter};
+use crate::snapshot;
+use crate::{Reply, Store, StoreError};
+
+/// Most commands in one group commit: bounds the frame size and the latency
+/// a command waits behind others.
+pub const BATCH_COMMANDS_MAX: usize = 4_096;
+
+/// Most requests waiting for the engine thread; senders block beyond it.
+pub const REQUEST_QUEUE_DEPTH: usize = 65_536;
+
+/// Frames in flight between the engine thread and the writer: enough to
+/// apply the next batch while the previous one syncs, bounded so that
+/// memory does not grow when the disk is slow.
+pub const WRITE_QUEUE_DEPTH: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_directory: PathBuf,
+    /// A snapshot is taken after this many logged commands, which bounds
+    /// what a restart replays.
+    pub snapshot_every_commands: u64,
+    /// Group commit; off makes every command its own frame and sync, the
+    /// baseline that shows what group commit buys.
+    pub group_commit: bool,
+}
+
+impl StoreConfig {
+    pub fn new(data_directory: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig { data_directory: data_directory.into(), snapshot_every_commands: 1_000_000, group_commit: true }
+    }
+}
+
+type Query = Box<dyn FnOnce(&Engine) + Send>;
+
+enum Request {
+    Command(Command, Reply),
+    Query(Query),
+}
+
+enum WriteJob {
+    Frame { batch: u64, bytes: Vec<u8>, replies: Vec<(Reply, Result<Response, StoreError>)> },
+    Snapshot { batch: u64, bytes: Vec<u8> },
+}
+
+pub struct EmbeddedStore {
+    requests: Mutex<Option<SyncSender<Request>>>,
+    failed: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What recovery found on disk.
+pub struct Recovered {
+    pub engine: Engine,
+    pub last_batch: u64,
+    pub commands_since_snapshot: u64,
+    pub writer: SegmentWriter,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the data directory and recovers exactly the
+    /// acknowledged state.
+    pub fn open(config: StoreConfig, catalog: Arc<Catalog>, clock: Arc<dyn Clock>) -> Result<EmbeddedStore, StoreError> {
+        let recovered = recover(&config.data_directory, catalog)?;
+        let (request_sender, request_receiver) = mpsc::sync_channel(REQUEST_QUEUE_DEPTH);
+        let (write_sender, write_receiver) = mpsc::sync_channel(WRITE_QUEUE_DEPTH);
+        let failed = Arc::new(AtomicBool::new(false));
+        let engine_thread = {
+            let failed = failed.clone();
+            let engine_config = config.clone();
+            let (engine, last_batch, pending) = (recovered.engine, recovered.last_batch, recovered.commands_since_snapshot);
+            std::thread::Builder::new()
+                .name("headroom-engine".to_string())
+                .spawn(move || {
+                    engine_loop(engine, last_batch, pending, engine_config, clock, request_receiver, write_sender, failed)
+                })
+                .map_err(|error| StoreError::io(&config.data_directory, error))?
+        };
+        let writer_thread = {
+            let failed = failed.clone();
+            let directory = config.data_directory.clone();
+            let writer = recovered.writer;
+            std::thread::Builder::new()
+                .name("headroom-writer".to_string())
+                .spawn(move || writer_loop(writer, directory, write_receiver, failed))
+                .map_err(|error| StoreError::io(&config.data_directory, error))?
+        };
+        Ok(EmbeddedStore {
+            requests: Mutex::new(Some(request_sender)),
+            failed,
+            threads: Mutex::new(vec![engine_thread, writer_thread]),
+        })
+    }
+
+    /// Stops taking commands, finishes and syncs what was taken, and waits
+    /// for both threads.
+    pub fn close(&self) {
+        self.requests.lock().expect("not poisoned").take();
+        for thread in self.threads.lock().expect("not poisoned").drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn send(&self, request: Request) -> Result<(), Request> {
+        let sender = self.requests.lock().expect("not poisoned").clone();
+        match sender {
+            Some(sender) => sender.send(request).map_err(|mpsc::SendError(request)| request),
+            None => Err(request),
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn submit(&self, command: Command, reply: Reply) {
+        if let Err(Request::Command(_, reply)) = self.send(Request::Command(command, reply)) {
+            reply(Err(StoreError::Unavailable("the store is closed".to_string())));
+        }
+    }
+
+    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let query: Query = Box::new(move |engine| {
+            let _ = sender.send(read(engine));
+        });
+        self.send(Request::Query(query)).map_err(|_| StoreError::Unavailable("the store is closed".to_string()))?;
+        receiver.recv().map_err(|_| StoreError::Unavailable("the store stopped".to_string()))
+    }
+}
+
+/// Loads the newest snapshot and replays the log after it.
+pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, StoreError> {
+    std::fs::create_dir_all(directory).map_err(|error| StoreError::io(directory, error))?;
+    let (snapshot_batch, accounts) = match snapshot::list_snapshots(directory)?.last() {
+        Some((_, path)) => snapshot::read(path)?,
+        None => (0, Vec::new()),
+    };
+    let mut engine = Engine::from_accounts(catalog, accounts);
+    let segments = log::list_segments(directory)?;
+    let mut last_batch = snapshot_batch;
+    let mut commands_since_snapshot = 0;
+    let mut tail = None;
+    for (index, (_, path)) in segments.iter().enumerate() {
+        let last = index + 1 == segments.len();
+        let contents = log::read_segment(path, last)?;
+        for (batch, commands) in contents.frames {
+            if batch <= snapshot_batch {
+                continue;
+            }
+            if batch != last_batch + 1 {
+                return Err(StoreError::Corrupt {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
+                });
+            }
+            for (at, command) in &commands {
+                apply(&mut engine, command, *at).map_err(|refusal| StoreError::Corrupt {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: format!("batch {batch} does not apply again: {refusal}"),
+                })?;
+            }
+            commands_since_snapshot += commands.len() as u64;
+            last_batch = batch;
+        }
+        if last {
+            tail = Some((path.clone(), contents.valid_length));
+        }
+    }
+    let (path, length) = tail.unwrap_or_else(|| (log::segment_path(directory, last_batch + 1), 0));
+    let writer = SegmentWriter::open(directory, &path, length)?;
+    Ok(Recovered { engine, last_batch, commands_since_snapshot, writer })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn engine_loop(
+    mut engine: Engine,
+    mut last_batch: u64,
+    mut commands_since_snapshot: u64,
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+    requests: Receiver<Request>,
+    writes: SyncSender<WriteJob>,
+    failed: Arc<AtomicBool>,
+) {
+    let batch_max = if config.group_commit { BATCH_COMMANDS_MAX } else { 1 };
+    let mut waiting: Vec<Request> = Vec::with_capacity(batch_max);
+    while let Ok(first) = requests.recv() {
+        waiting.push(first);
+        while waiting.len() < batch_max {
+            match requests.try_recv() {
+                Ok(request) => waiting.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut logged: Batch = Vec::with_capacity(waiting.len());
+        let mut replies = Vec::with_capacity(waiting.len());
+        for request in waiting.drain(..) {
+            match request {
+                Request::Query(query) => query(&engine),
+                Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
+                    reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
+                }
+                Request::Command(command, reply) => {
+                    let now = clock.now();
+                    match apply(&mut engine, &command, now) {
+                        Ok(response) => {
+                            logged.push((now, command));
+                            replies.push((reply, Ok(response)));
+                        }
+                        // Changed nothing, but answered in order with the rest.
+                        Err(refusal) => replies.push((reply, Err(StoreError::Refused(refusal)))),
+                    }
+                }
+            }
+        }
+        if replies.is_empty() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        let batch = if logged.is_empty() {
+            // Nothing to log; the answers still wait for earlier frames.
+            last_batch
+        } else {
+            last_batch += 1;
+            commands_since_snapshot += logged.len() as u64;
+            log::encode_frame(&mut bytes, last_batch, &logged);
+            last_batch
+        };
+        if writes.send(WriteJob::Frame { batch, bytes, replies }).is_err() {
+            return;
+        }
+        if commands_since_snapshot >= config.snapshot_every_commands {
+            let accounts: Vec<_> = engine.accounts().collect();
+            let bytes = snapshot::encode(last_batch, &accounts);
+            commands_since_snapshot = 0;
+            if writes.send(WriteJob::Snapshot { batch: last_batch, bytes }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn writer_loop(mut writer: SegmentWriter, directory: PathBuf, jobs: Receiver<WriteJob>, failed: Arc<AtomicBool>) {
+    for job in jobs {
+        match job {
+            WriteJob::Frame { batch, bytes, replies } => {
+                let written = if bytes.is_empty() || failed.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    writer.append(&bytes, batch)
+                };
+                if let Err(error) = &written {
+                    failed.store(true, Ordering::SeqCst);
+                    eprintln!("headroom: writing the log failed, refusing further commands: {error}");
+                }
+                let failure = failed.load(Ordering::SeqCst);
+                for (reply, result) in replies {
+                    if failure {
+                        reply(Err(StoreError::Unavailable("the log could not be written".to_string())));
+                    } else {
+                        reply(result);
+                    }
+                }
+            }
+            WriteJob::Snapshot { batch, bytes } => {
+                if failed.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if let Err(error) = snapshot::write(&directory, batch, &bytes).and_then(|()| prune(&directory, batch)) {
+                    // The log still holds everything: a failed snapshot costs restart time only.
+                    eprintln!("headroom: snapshot at batch {batch} failed: {error}");
+                }
+            }
+        }
+    }
+}
+
+/// Deletes older snapshots and the segments a snapshot covers whole.
+fn prune(directory: &Path, snapshot_batch: u64) -> Result<(), StoreError> {
+    for (batch, path) in snapshot::list_snapshots(directory)? {
+        if batch < snapshot_batch {
+            std::fs::remove_file(&path).map_err(|error| StoreError::io(&path, error))?;
+        }
+    }
+    let segments = log::list_segments(directory)?;
+    // A segment is covered if the next one starts at or before the snapshot's batch + 1.
+    for pair in segments.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if *next_first <= snapshot_batch + 1 {
+            std::fs::remove_file(path).map_err(|error| StoreError::io(path, error))?;
+        }
+    }
+    log::sync_directory(directory)
+}

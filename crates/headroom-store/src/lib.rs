@@ -1,0 +1,104 @@
+//! Stores around the pure core: each command runs in its account's
+//! serializable transaction (the core computes, the store applies), and is
+//! acknowledged only once it is durable.
+//!
+//! - [`MemoryStore`]: the in-memory twin, with injectable write and sync
+//!   faults, for tests and the simulator.
+//! - [`EmbeddedStore`]: one data directory, a write-ahead log with group
+//!   commit and snapshots. See `ARCHITECTURE.md`.
+
+pub mod command;
+mod embedded;
+pub mod log;
+mod memory;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+pub use command::{apply, Command, Refusal, Response};
+pub use embedded::{EmbeddedStore, StoreConfig};
+pub use memory::{Faults, MemoryStore};
+
+use headroom_core::{Clock, Engine, Timestamp};
+
+/// Why a store could not run a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The core refused the command; nothing changed. Not retryable as is.
+    Refused(Refusal),
+    /// Writing or syncing failed; the command did not happen. The store
+    /// stops taking commands until it is reopened (recovery from disk).
+    Unavailable(String),
+    /// Stored data failed a check: the file and the offset of the damage.
+    Corrupt { file: PathBuf, offset: u64, reason: String },
+    Io { path: PathBuf, message: String },
+}
+
+impl StoreError {
+    pub fn io(path: &Path, error: std::io::Error) -> StoreError {
+        StoreError::Io { path: path.to_path_buf(), message: error.to_string() }
+    }
+
+    /// Whether the same command may succeed if tried again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Refused(Refusal::Core(error)) => error.is_retryable(),
+            StoreError::Refused(_) => false,
+            StoreError::Unavailable(_) | StoreError::Io { .. } => true,
+            StoreError::Corrupt { .. } => false,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Refused(refusal) => refusal.fmt(f),
+            StoreError::Unavailable(reason) => write!(f, "storage unavailable: {reason}"),
+            StoreError::Corrupt { file, offset, reason } => {
+                write!(f, "{} is corrupt at offset {offset}: {reason}", file.display())
+            }
+            StoreError::Io { path, message } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Receives the answer to a command once it is durable (or failed).
+pub type Reply = Box<dyn FnOnce(Result<Response, StoreError>) + Send>;
+
+/// The narrow interface the server and the tools use.
+pub trait Store: Send + Sync {
+    /// Runs `command`; `reply` is called once it is durable, or with why not.
+    fn submit(&self, command: Command, reply: Reply);
+
+    /// Reads the engine's current state.
+    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError>;
+
+    /// Runs `command` and waits for its answer.
+    fn execute(&self, command: Command) -> Result<Response, StoreError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            command,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.recv().unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
+    }
+}
+
+/// The system clock: the one place outside tests that reads the time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // The adapter that injects real time.
+    fn now(&self) -> Timestamp {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the system clock is after 1970");
+        Timestamp::from_millis(since_epoch.as_millis() as u64)
+    }
+}

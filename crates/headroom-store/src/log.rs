@@ -1,0 +1,163 @@
+//! The write-ahead log: segment files of frames, one frame per group commit.
+//!
+//! ```text
+//! frame   = length: u32 LE | checksum: u32 LE | batch: u64 LE | payload: length bytes
+//! checksum = CRC-32 of (batch | payload)
+//! payload = postcard of Vec<(Timestamp, Command)>
+//! ```
+//!
+//! What the format assumes of the disk: a write that was followed by a
+//! successful `fdatasync` survives power loss; a write in flight at a crash
+//! may leave any prefix of its bytes, or garbage, in the last frame. So a bad
+//! *last* frame of the *last* segment is a torn tail: it was never
+//! acknowledged, and is dropped. A bad frame anywhere else is corruption and
+//! stops start-up with the file and offset.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use headroom_core::Timestamp;
+
+use crate::command::Command;
+use crate::StoreError;
+
+pub const FRAME_HEADER_BYTES: usize = 16;
+
+/// Largest frame payload: a batch of `BATCH_COMMANDS_MAX` commands fits many
+/// times over; a length above it is damage, not data.
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
+
+/// A segment is closed and a new one started beyond this size, so that
+/// segments covered by a snapshot can be deleted whole.
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+pub type Batch = Vec<(Timestamp, Command)>;
+
+pub fn segment_path(directory: &Path, first_batch: u64) -> PathBuf {
+    directory.join(format!("wal-{first_batch:020}.log"))
+}
+
+/// Segments in the directory, by their first batch number, in order.
+pub fn list_segments(directory: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    list_numbered(directory, "wal-", ".log")
+}
+
+pub fn list_numbered(directory: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(directory).map_err(|error| StoreError::io(directory, error))? {
+        let entry = entry.map_err(|error| StoreError::io(directory, error))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(number) = name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix))
+            && let Ok(number) = number.parse::<u64>()
+        {
+            found.push((number, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+pub fn encode_frame(buffer: &mut Vec<u8>, batch: u64, commands: &Batch) {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    let payload = postcard::to_extend(commands, std::mem::take(buffer)).expect("commands serialize");
+    *buffer = payload;
+    let length = buffer.len() - start - FRAME_HEADER_BYTES;
+    assert!(length <= FRAME_PAYLOAD_BYTES_MAX, "a batch frame of {length} bytes");
+    buffer[start + 8..start + 16].copy_from_slice(&batch.to_le_bytes());
+    let checksum = crc32fast::hash(&buffer[start + 8..]);
+    buffer[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
+    buffer[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// The frames of one segment that checked out, and where valid data ends.
+pub struct SegmentContents {
+    pub frames: Vec<(u64, Batch)>,
+    pub valid_length: u64,
+    pub file_length: u64,
+}
+
+/// Reads a segment. `last` says whether it is the newest segment, the only
+/// one that may end in a torn frame.
+pub fn read_segment(path: &Path, last: bool) -> Result<SegmentContents, StoreError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(|error| StoreError::io(path, error))?;
+    let file_length = bytes.len() as u64;
+    let mut frames = Vec::new();
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let damaged = |reason: &str| StoreError::Corrupt { file: path.to_path_buf(), offset: offset as u64, reason: reason.to_string() };
+        let rest = &bytes[offset..];
+        let torn = |end: usize| last && end >= bytes.len();
+        if rest.len() < FRAME_HEADER_BYTES {
+            if torn(bytes.len()) {
+                break;
+            }
+            return Err(damaged("truncated frame header"));
+        }
+        let length = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let checksum = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let end = offset + FRAME_HEADER_BYTES + length;
+        if length > FRAME_PAYLOAD_BYTES_MAX || end > bytes.len() {
+            if torn(end) {
+                break;
+            }
+            return Err(damaged("frame length runs past the end of the segment"));
+        }
+        if crc32fast::hash(&bytes[offset + 8..end]) != checksum {
+            if torn(end) {
+                break;
+            }
+            return Err(damaged("checksum mismatch"));
+        }
+        let batch = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
+        let commands: Batch = postcard::from_bytes(&bytes[offset + FRAME_HEADER_BYTES..end])
+            .map_err(|error| damaged(&format!("checksum matches but the frame does not decode: {error}")))?;
+        frames.push((batch, commands));
+        offset = end;
+    }
+    Ok(SegmentContents { frames, valid_length: offset as u64, file_length })
+}
+
+/// The open segment the writer appends to.
+pub struct SegmentWriter {
+    directory: PathBuf,
+    file: File,
+    length: u64,
+}
+
+impl SegmentWriter {
+    /// Opens `path` for appending at `length` (cutting off a torn tail).
+    pub fn open(directory: &Path, path: &Path, length: u64) -> Result<SegmentWriter, StoreError> {
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|error| StoreError::io(path, error))?;
+        if file.metadata().map_err(|error| StoreError::io(path, error))?.len() != length {
+            file.set_len(length).map_err(|error| StoreError::io(path, error))?;
+            file.sync_all().map_err(|error| StoreError::io(path, error))?;
+        }
+        sync_directory(directory)?;
+        Ok(SegmentWriter { directory: directory.to_path_buf(), file, length })
+    }
+
+    /// Appends one frame (a group commit) and makes it durable.
+    pub fn append(&mut self, frame: &[u8], first_batch: u64) -> io::Result<()> {
+        if self.length >= SEGMENT_BYTES_MAX {
+            let path = segment_path(&self.directory, first_batch);
+            self.file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            self.length = 0;
+            sync_directory(&self.directory).map_err(io::Error::other)?;
+        }
+        self.file.write_all(frame)?;
+        self.file.sync_data()?;
+        self.length += frame.len() as u64;
+        Ok(())
+    }
+}
+
+/// Makes a directory's entries (a new or renamed file) durable.
+pub fn sync_directory(directory: &Path) -> Result<(), StoreError> {
+    File::open(directory).and_then(|file| file.sync_all()).map_err(|error| StoreError::io(directory, error))
+}
