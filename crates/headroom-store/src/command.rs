@@ -7,14 +7,35 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    OpenAccount { account: AccountId, plan: PlanId, overdraft: Option<Credits> },
-    SetPlan { account: AccountId, plan: PlanId, overdraft: Option<Credits> },
-    PutSubject { subject: SubjectId, account: AccountId, plan: Option<PlanId> },
+    OpenAccount {
+        account: AccountId,
+        plan: PlanId,
+        overdraft: Option<Credits>,
+    },
+    SetPlan {
+        account: AccountId,
+        plan: PlanId,
+        overdraft: Option<Credits>,
+    },
+    PutSubject {
+        subject: SubjectId,
+        account: AccountId,
+        plan: Option<PlanId>,
+    },
     Decide(DecisionRequest),
     Reserve(ReserveRequest),
-    Capture { subject: SubjectId, request: CaptureRequest },
-    Release { subject: SubjectId, request: ReleaseRequest },
-    AddGrant { account: AccountId, request: GrantRequest },
+    Capture {
+        subject: SubjectId,
+        request: CaptureRequest,
+    },
+    Release {
+        subject: SubjectId,
+        request: ReleaseRequest,
+    },
+    AddGrant {
+        account: AccountId,
+        request: GrantRequest,
+    },
     /// Settles one balance update into the balance of record.
     Settle(BalanceUpdate),
     /// Moves every account to now: expires reservations and grants.
@@ -64,30 +85,56 @@ impl std::fmt::Display for Refusal {
 pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<Response, Refusal> {
     let core = Refusal::Core;
     match command {
-        Command::OpenAccount { account, plan, overdraft } => engine
+        Command::OpenAccount {
+            account,
+            plan,
+            overdraft,
+        } => engine
             .open_account(account.clone(), plan, *overdraft, now)
             .map(|events| Response::Done { events })
             .map_err(core),
-        Command::SetPlan { account, plan, overdraft } => engine
+        Command::SetPlan {
+            account,
+            plan,
+            overdraft,
+        } => engine
             .set_plan(account, plan, *overdraft)
             .map(|()| Response::Done { events: Vec::new() })
             .map_err(core),
-        Command::PutSubject { subject, account, plan } => engine
+        Command::PutSubject {
+            subject,
+            account,
+            plan,
+        } => engine
             .put_subject(subject.clone(), account, plan.clone())
             .map(|()| Response::Done { events: Vec::new() })
             .map_err(core),
-        Command::Decide(request) => engine.decide(request, now).map(Response::Decision).map_err(core),
-        Command::Reserve(request) => engine.reserve(request, now).map(Response::Decision).map_err(core),
-        Command::Capture { subject, request } => {
-            engine.capture(subject, request, now).map(Response::Decision).map_err(core)
-        }
-        Command::Release { subject, request } => {
-            engine.release(subject, request, now).map(Response::Released).map_err(core)
-        }
-        Command::AddGrant { account, request } => {
-            engine.add_grant(account, request, now).map(Response::GrantAdded).map_err(core)
-        }
-        Command::Settle(update) => engine.settle(update).map(Response::Settled).map_err(Refusal::Settle),
-        Command::Advance => Ok(Response::Done { events: engine.advance_all(now) }),
+        Command::Decide(request) => engine
+            .decide(request, now)
+            .map(Response::Decision)
+            .map_err(core),
+        Command::Reserve(request) => engine
+            .reserve(request, now)
+            .map(Response::Decision)
+            .map_err(core),
+        Command::Capture { subject, request } => engine
+            .capture(subject, request, now)
+            .map(Response::Decision)
+            .map_err(core),
+        Command::Release { subject, request } => engine
+            .release(subject, request, now)
+            .map(Response::Released)
+            .map_err(core),
+        Command::AddGrant { account, request } => engine
+            .add_grant(account, request, now)
+            .map(Response::GrantAdded)
+            .map_err(core),
+        Command::Settle(update) => engine
+            .settle(update)
+            .map(Response::Settled)
+            .map_err(Refusal::Settle),
+        Command::Advance => Ok(Response::Done {
+            events: engine.advance_all(now),
+        }),
     }
 }

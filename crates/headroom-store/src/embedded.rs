@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use headroom_core::{Catalog, Clock, Engine};
 
-use crate::command::{apply, Command, Response};
+use crate::command::{Command, Response, apply};
 use crate::log::{self, Batch, SegmentWriter};
 use crate::snapshot;
 use crate::{Reply, Store, StoreError};
@@ -48,7 +48,11 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(data_directory: impl Into<PathBuf>) -> StoreConfig {
-        StoreConfig { data_directory: data_directory.into(), snapshot_every_commands: 1_000_000, group_commit: true }
+        StoreConfig {
+            data_directory: data_directory.into(),
+            snapshot_every_commands: 1_000_000,
+            group_commit: true,
+        }
     }
 }
 
@@ -60,8 +64,15 @@ enum Request {
 }
 
 enum WriteJob {
-    Frame { batch: u64, bytes: Vec<u8>, replies: Vec<(Reply, Result<Response, StoreError>)> },
-    Snapshot { batch: u64, bytes: Vec<u8> },
+    Frame {
+        batch: u64,
+        bytes: Vec<u8>,
+        replies: Vec<(Reply, Result<Response, StoreError>)>,
+    },
+    Snapshot {
+        batch: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 pub struct EmbeddedStore {
@@ -81,7 +92,11 @@ pub struct Recovered {
 impl EmbeddedStore {
     /// Opens (or creates) the data directory and recovers exactly the
     /// acknowledged state.
-    pub fn open(config: StoreConfig, catalog: Arc<Catalog>, clock: Arc<dyn Clock>) -> Result<EmbeddedStore, StoreError> {
+    pub fn open(
+        config: StoreConfig,
+        catalog: Arc<Catalog>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<EmbeddedStore, StoreError> {
         let recovered = recover(&config.data_directory, catalog)?;
         let (request_sender, request_receiver) = mpsc::sync_channel(REQUEST_QUEUE_DEPTH);
         let (write_sender, write_receiver) = mpsc::sync_channel(WRITE_QUEUE_DEPTH);
@@ -89,11 +104,24 @@ impl EmbeddedStore {
         let engine_thread = {
             let failed = failed.clone();
             let engine_config = config.clone();
-            let (engine, last_batch, pending) = (recovered.engine, recovered.last_batch, recovered.commands_since_snapshot);
+            let (engine, last_batch, pending) = (
+                recovered.engine,
+                recovered.last_batch,
+                recovered.commands_since_snapshot,
+            );
             std::thread::Builder::new()
                 .name("headroom-engine".to_string())
                 .spawn(move || {
-                    engine_loop(engine, last_batch, pending, engine_config, clock, request_receiver, write_sender, failed)
+                    engine_loop(
+                        engine,
+                        last_batch,
+                        pending,
+                        engine_config,
+                        clock,
+                        request_receiver,
+                        write_sender,
+                        failed,
+                    )
                 })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
@@ -129,7 +157,9 @@ impl EmbeddedStore {
     fn send(&self, request: Request) -> Result<(), Request> {
         let sender = self.requests.lock().expect("not poisoned").clone();
         match sender {
-            Some(sender) => sender.send(request).map_err(|mpsc::SendError(request)| request),
+            Some(sender) => sender
+                .send(request)
+                .map_err(|mpsc::SendError(request)| request),
             None => Err(request),
         }
     }
@@ -144,17 +174,25 @@ impl Drop for EmbeddedStore {
 impl Store for EmbeddedStore {
     fn submit(&self, command: Command, reply: Reply) {
         if let Err(Request::Command(_, reply)) = self.send(Request::Command(command, reply)) {
-            reply(Err(StoreError::Unavailable("the store is closed".to_string())));
+            reply(Err(StoreError::Unavailable(
+                "the store is closed".to_string(),
+            )));
         }
     }
 
-    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
+    fn query<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (sender, receiver) = mpsc::sync_channel(1);
         let query: Query = Box::new(move |engine| {
             let _ = sender.send(read(engine));
         });
-        self.send(Request::Query(query)).map_err(|_| StoreError::Unavailable("the store is closed".to_string()))?;
-        receiver.recv().map_err(|_| StoreError::Unavailable("the store stopped".to_string()))
+        self.send(Request::Query(query))
+            .map_err(|_| StoreError::Unavailable("the store is closed".to_string()))?;
+        receiver
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the store stopped".to_string()))
     }
 }
 
@@ -181,7 +219,9 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
                 return Err(StoreError::Corrupt {
                     file: path.clone(),
                     offset: 0,
-                    reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
+                    reason: format!(
+                        "batch {batch} follows batch {last_batch}: part of the log is missing"
+                    ),
                 });
             }
             for (at, command) in &commands {
@@ -200,7 +240,12 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
     }
     let (path, length) = tail.unwrap_or_else(|| (log::segment_path(directory, last_batch + 1), 0));
     let writer = SegmentWriter::open(directory, &path, length)?;
-    Ok(Recovered { engine, last_batch, commands_since_snapshot, writer })
+    Ok(Recovered {
+        engine,
+        last_batch,
+        commands_since_snapshot,
+        writer,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -214,7 +259,11 @@ fn engine_loop(
     writes: SyncSender<WriteJob>,
     failed: Arc<AtomicBool>,
 ) {
-    let batch_max = if config.group_commit { BATCH_COMMANDS_MAX } else { 1 };
+    let batch_max = if config.group_commit {
+        BATCH_COMMANDS_MAX
+    } else {
+        1
+    };
     let mut waiting: Vec<Request> = Vec::with_capacity(batch_max);
     while let Ok(first) = requests.recv() {
         waiting.push(first);
@@ -230,7 +279,9 @@ fn engine_loop(
             match request {
                 Request::Query(query) => query(&engine),
                 Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
-                    reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
+                    reply(Err(StoreError::Unavailable(
+                        "a write to the log failed; reopen the store".to_string(),
+                    )));
                 }
                 Request::Command(command, reply) => {
                     let now = clock.now();
@@ -258,24 +309,46 @@ fn engine_loop(
             log::encode_frame(&mut bytes, last_batch, &logged);
             last_batch
         };
-        if writes.send(WriteJob::Frame { batch, bytes, replies }).is_err() {
+        if writes
+            .send(WriteJob::Frame {
+                batch,
+                bytes,
+                replies,
+            })
+            .is_err()
+        {
             return;
         }
         if commands_since_snapshot >= config.snapshot_every_commands {
             let accounts: Vec<_> = engine.accounts().collect();
             let bytes = snapshot::encode(last_batch, &accounts);
             commands_since_snapshot = 0;
-            if writes.send(WriteJob::Snapshot { batch: last_batch, bytes }).is_err() {
+            if writes
+                .send(WriteJob::Snapshot {
+                    batch: last_batch,
+                    bytes,
+                })
+                .is_err()
+            {
                 return;
             }
         }
     }
 }
 
-fn writer_loop(mut writer: SegmentWriter, directory: PathBuf, jobs: Receiver<WriteJob>, failed: Arc<AtomicBool>) {
+fn writer_loop(
+    mut writer: SegmentWriter,
+    directory: PathBuf,
+    jobs: Receiver<WriteJob>,
+    failed: Arc<AtomicBool>,
+) {
     for job in jobs {
         match job {
-            WriteJob::Frame { batch, bytes, replies } => {
+            WriteJob::Frame {
+                batch,
+                bytes,
+                replies,
+            } => {
                 let written = if bytes.is_empty() || failed.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
@@ -283,12 +356,16 @@ fn writer_loop(mut writer: SegmentWriter, directory: PathBuf, jobs: Receiver<Wri
                 };
                 if let Err(error) = &written {
                     failed.store(true, Ordering::SeqCst);
-                    eprintln!("headroom: writing the log failed, refusing further commands: {error}");
+                    eprintln!(
+                        "headroom: writing the log failed, refusing further commands: {error}"
+                    );
                 }
                 let failure = failed.load(Ordering::SeqCst);
                 for (reply, result) in replies {
                     if failure {
-                        reply(Err(StoreError::Unavailable("the log could not be written".to_string())));
+                        reply(Err(StoreError::Unavailable(
+                            "the log could not be written".to_string(),
+                        )));
                     } else {
                         reply(result);
                     }
@@ -298,7 +375,9 @@ fn writer_loop(mut writer: SegmentWriter, directory: PathBuf, jobs: Receiver<Wri
                 if failed.load(Ordering::SeqCst) {
                     continue;
                 }
-                if let Err(error) = snapshot::write(&directory, batch, &bytes).and_then(|()| prune(&directory, batch)) {
+                if let Err(error) = snapshot::write(&directory, batch, &bytes)
+                    .and_then(|()| prune(&directory, batch))
+                {
                     // The log still holds everything: a failed snapshot costs restart time only.
                     eprintln!("headroom: snapshot at batch {batch} failed: {error}");
                 }

@@ -15,7 +15,7 @@ pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 
-pub use command::{apply, Command, Refusal, Response};
+pub use command::{Command, Refusal, Response, apply};
 pub use embedded::{EmbeddedStore, StoreConfig};
 pub use memory::{Faults, MemoryStore};
 
@@ -30,13 +30,23 @@ pub enum StoreError {
     /// stops taking commands until it is reopened (recovery from disk).
     Unavailable(String),
     /// Stored data failed a check: the file and the offset of the damage.
-    Corrupt { file: PathBuf, offset: u64, reason: String },
-    Io { path: PathBuf, message: String },
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    Io {
+        path: PathBuf,
+        message: String,
+    },
 }
 
 impl StoreError {
     pub fn io(path: &Path, error: std::io::Error) -> StoreError {
-        StoreError::Io { path: path.to_path_buf(), message: error.to_string() }
+        StoreError::Io {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        }
     }
 
     /// Whether the same command may succeed if tried again later.
@@ -55,8 +65,16 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Refused(refusal) => refusal.fmt(f),
             StoreError::Unavailable(reason) => write!(f, "storage unavailable: {reason}"),
-            StoreError::Corrupt { file, offset, reason } => {
-                write!(f, "{} is corrupt at offset {offset}: {reason}", file.display())
+            StoreError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "{} is corrupt at offset {offset}: {reason}",
+                    file.display()
+                )
             }
             StoreError::Io { path, message } => write!(f, "{}: {message}", path.display()),
         }
@@ -74,7 +92,10 @@ pub trait Store: Send + Sync {
     fn submit(&self, command: Command, reply: Reply);
 
     /// Reads the engine's current state.
-    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError>;
+    fn query<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, StoreError>;
 
     /// Runs `command` and waits for its answer.
     fn execute(&self, command: Command) -> Result<Response, StoreError> {
@@ -85,7 +106,9 @@ pub trait Store: Send + Sync {
                 let _ = sender.send(result);
             }),
         );
-        receiver.recv().unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
+        receiver
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use headroom_core::{Catalog, Clock, Engine, Timestamp};
 
-use crate::command::{apply, Command};
+use crate::command::{Command, apply};
 use crate::{Reply, Store, StoreError};
 
 /// Which writes and syncs fail: one in `every` of each, chosen by a seeded
@@ -34,8 +34,16 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(catalog: Arc<Catalog>, clock: Arc<dyn Clock>, faults: Faults) -> MemoryStore {
-        let inner = Inner { engine: Engine::new(catalog), log: Vec::new(), faults, random: faults.seed };
-        MemoryStore { inner: Mutex::new(inner), clock }
+        let inner = Inner {
+            engine: Engine::new(catalog),
+            log: Vec::new(),
+            faults,
+            random: faults.seed,
+        };
+        MemoryStore {
+            inner: Mutex::new(inner),
+            clock,
+        }
     }
 
     /// What a restart would recover: the acknowledged log replayed.
@@ -94,7 +102,10 @@ impl Store for MemoryStore {
         reply(result);
     }
 
-    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
+    fn query<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
         Ok(read(&self.inner.lock().expect("not poisoned").engine))
     }
 }

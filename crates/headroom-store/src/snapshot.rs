@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use headroom_core::AccountState;
 
-use crate::log::{list_numbered, sync_directory};
 use crate::StoreError;
+use crate::log::{list_numbered, sync_directory};
 
 const MAGIC: &[u8; 8] = b"HEADROOM";
 const VERSION: u32 = 1;
@@ -46,21 +46,32 @@ pub fn write(directory: &Path, batch: u64, bytes: &[u8]) -> Result<(), StoreErro
     let path = snapshot_path(directory, batch);
     let temporary = path.with_extension("tmp");
     let mut file = File::create(&temporary).map_err(|error| StoreError::io(&temporary, error))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|error| StoreError::io(&temporary, error))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| StoreError::io(&temporary, error))?;
     fs::rename(&temporary, &path).map_err(|error| StoreError::io(&path, error))?;
     sync_directory(directory)
 }
 
 pub fn read(path: &Path) -> Result<(u64, Vec<AccountState>), StoreError> {
     let mut bytes = Vec::new();
-    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(|error| StoreError::io(path, error))?;
-    let damaged = |offset: usize, reason: &str| StoreError::Corrupt { file: path.to_path_buf(), offset: offset as u64, reason: reason.to_string() };
+    File::open(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(|error| StoreError::io(path, error))?;
+    let damaged = |offset: usize, reason: &str| StoreError::Corrupt {
+        file: path.to_path_buf(),
+        offset: offset as u64,
+        reason: reason.to_string(),
+    };
     if bytes.len() < HEADER_BYTES || &bytes[0..8] != MAGIC {
         return Err(damaged(0, "not a snapshot header"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
-        return Err(damaged(8, &format!("snapshot version {version}, this build reads {VERSION}")));
+        return Err(damaged(
+            8,
+            &format!("snapshot version {version}, this build reads {VERSION}"),
+        ));
     }
     let batch = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let length = u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes")) as usize;
@@ -72,6 +83,7 @@ pub fn read(path: &Path) -> Result<(u64, Vec<AccountState>), StoreError> {
     if crc32fast::hash(payload) != checksum {
         return Err(damaged(HEADER_BYTES, "checksum mismatch"));
     }
-    let accounts = postcard::from_bytes(payload).map_err(|error| damaged(HEADER_BYTES, &format!("does not decode: {error}")))?;
+    let accounts = postcard::from_bytes(payload)
+        .map_err(|error| damaged(HEADER_BYTES, &format!("does not decode: {error}")))?;
     Ok((batch, accounts))
 }

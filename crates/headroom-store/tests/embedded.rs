@@ -1,0 +1,255 @@
+//! The embedded store on a real data directory: recovery, torn tails,
+//! corruption, snapshots, group commit under concurrency.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use headroom_core::*;
+use headroom_store::*;
+
+fn temporary_directory(name: &str) -> PathBuf {
+    let directory =
+        std::env::temp_dir().join(format!("headroom-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+fn clock() -> Arc<FakeClock> {
+    Arc::new(FakeClock::new(Timestamp::from_millis(1_795_392_000_000)))
+}
+
+fn open(directory: &Path, clock: Arc<FakeClock>) -> Result<EmbeddedStore, StoreError> {
+    let mut config = StoreConfig::new(directory);
+    config.snapshot_every_commands = 1_000_000;
+    EmbeddedStore::open(config, Arc::new(Catalog::demo()), clock)
+}
+
+fn setup(store: &EmbeddedStore) {
+    let account = AccountId::new("acme").unwrap();
+    store
+        .execute(Command::OpenAccount {
+            account: account.clone(),
+            plan: PlanId::new("plus").unwrap(),
+            overdraft: None,
+        })
+        .unwrap();
+    store
+        .execute(Command::PutSubject {
+            subject: SubjectId::new("ada").unwrap(),
+            account: account.clone(),
+            plan: None,
+        })
+        .unwrap();
+    store
+        .execute(Command::AddGrant {
+            account,
+            request: GrantRequest {
+                grant: GrantId::new("bought").unwrap(),
+                kind: GrantKind::Purchase,
+                credits: Credits::from_micros(50_000_000),
+                priority: 0,
+                expires_at: None,
+                idempotency_key: IdempotencyKey::new("grant-1").unwrap(),
+            },
+        })
+        .unwrap();
+}
+
+fn decide(store: &EmbeddedStore, key: &str) -> Outcome<Decision> {
+    let request = DecisionRequest {
+        subject: SubjectId::new("ada").unwrap(),
+        feature: FeatureId::new("codex.local_task").unwrap(),
+        quantity: 7,
+        attributes: Attributes::default(),
+        idempotency_key: Some(IdempotencyKey::new(key).unwrap()),
+        preview: false,
+    };
+    match store.execute(Command::Decide(request)).unwrap() {
+        Response::Decision(outcome) => outcome,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn state(store: &EmbeddedStore) -> Vec<AccountState> {
+    store
+        .query(|engine| engine.accounts().cloned().collect())
+        .unwrap()
+}
+
+fn segment(directory: &Path) -> PathBuf {
+    log::list_segments(directory)
+        .unwrap()
+        .last()
+        .unwrap()
+        .1
+        .clone()
+}
+
+#[test]
+fn a_reopened_store_has_exactly_the_acknowledged_state() {
+    let directory = temporary_directory("reopen");
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    let decisions: Vec<_> = (0..50)
+        .map(|index| decide(&store, &format!("k{index}")).result)
+        .collect();
+    let before = state(&store);
+    store.close();
+
+    let store = open(&directory, clock).unwrap();
+    assert_eq!(state(&store), before);
+    for (index, original) in decisions.iter().enumerate() {
+        let replay = decide(&store, &format!("k{index}"));
+        assert!(replay.replayed);
+        assert_eq!(&replay.result, original);
+    }
+    store
+        .query(|engine| engine.check_invariants())
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_dropped_and_the_log_continues() {
+    let directory = temporary_directory("torn");
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    decide(&store, "kept");
+    let before = state(&store);
+    store.close();
+
+    // A crash in the middle of writing a frame: a header that promises more
+    // bytes than arrived.
+    let path = segment(&directory);
+    let intact = std::fs::metadata(&path).unwrap().len();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let store = open(&directory, clock.clone()).unwrap();
+    assert_eq!(state(&store), before);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        intact,
+        "the torn tail is cut off"
+    );
+    decide(&store, "after");
+    store.close();
+    let store = open(&directory, clock).unwrap();
+    assert!(decide(&store, "after").replayed);
+}
+
+#[test]
+fn a_last_frame_with_a_bad_checksum_is_a_torn_tail() {
+    let directory = temporary_directory("torn-checksum");
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    let before = state(&store);
+    decide(&store, "lost");
+    store.close();
+    let path = segment(&directory);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let store = open(&directory, clock).unwrap();
+    assert_eq!(
+        state(&store),
+        before,
+        "the damaged last frame was never acknowledged"
+    );
+}
+
+#[test]
+fn corruption_before_the_tail_stops_start_up_with_file_and_offset() {
+    let directory = temporary_directory("corrupt");
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    decide(&store, "one");
+    decide(&store, "two");
+    store.close();
+    let path = segment(&directory);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0x01; // inside the first frame's payload
+    std::fs::write(&path, &bytes).unwrap();
+    match open(&directory, clock) {
+        Err(StoreError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(file, path);
+            assert_eq!(offset, 0);
+            assert_eq!(reason, "checksum mismatch");
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("a corrupt log opened"),
+    }
+}
+
+#[test]
+fn snapshots_bound_the_log_and_recover_the_same_state() {
+    let directory = temporary_directory("snapshot");
+    let clock = clock();
+    let mut config = StoreConfig::new(&directory);
+    config.snapshot_every_commands = 10;
+    config.group_commit = false;
+    let store =
+        EmbeddedStore::open(config.clone(), Arc::new(Catalog::demo()), clock.clone()).unwrap();
+    setup(&store);
+    for index in 0..45 {
+        decide(&store, &format!("k{index}"));
+    }
+    let before = state(&store);
+    store.close();
+    assert!(!snapshot::list_snapshots(&directory).unwrap().is_empty());
+    let store = EmbeddedStore::open(config, Arc::new(Catalog::demo()), clock).unwrap();
+    assert_eq!(state(&store), before);
+    assert!(decide(&store, "k44").replayed);
+}
+
+#[test]
+fn concurrent_callers_share_syncs_and_every_answer_is_durable() {
+    let directory = temporary_directory("concurrent");
+    let clock = clock();
+    let store = Arc::new(open(&directory, clock.clone()).unwrap());
+    setup(&store);
+    let threads: Vec<_> = (0..8)
+        .map(|thread| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..100)
+                    .map(|index| decide(&store, &format!("t{thread}-{index}")).result)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<Arc<Decision>> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+    let before = state(&store);
+    store.close();
+    let frames: usize = log::read_segment(&segment(&directory), true)
+        .unwrap()
+        .frames
+        .len();
+    assert!(
+        frames < 803,
+        "800 decisions and 3 setup commands took {frames} frames: no group commit"
+    );
+
+    let store = open(&directory, clock).unwrap();
+    assert_eq!(state(&store), before);
+    let allowed = answers.iter().filter(|decision| decision.allowed).count();
+    assert!(allowed > 0);
+    store
+        .query(|engine| engine.check_invariants())
+        .unwrap()
+        .unwrap();
+}
