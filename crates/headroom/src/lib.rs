@@ -3,3 +3,5 @@
 
 pub mod random;
 pub mod simulate;
+pub mod worker;
+pub mod workload;

@@ -1,5 +1,7 @@
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 use headroom::simulate::{self, SimulationConfig};
@@ -25,6 +27,18 @@ enum Action {
         #[arg(long, default_value_t = 100_000)]
         ops: u64,
     },
+    /// Runs a deterministic workload against an embedded store and prints
+    /// each acknowledged operation; the crash test kills it at random.
+    #[command(hide = true)]
+    StoreWorker {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Prefix of every idempotency key of this run.
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 4)]
+        threads: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +60,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Action::StoreWorker {
+            data_dir,
+            prefix,
+            threads,
+        } => match headroom::worker::run(&data_dir, &prefix, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("headroom: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

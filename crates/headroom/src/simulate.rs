@@ -387,11 +387,13 @@ impl Simulation {
         let expires_at = match self.random.below(3) {
             0 => None,
             1 => Some(
-                self.clock.now()
+                self.clock
+                    .now()
                     .saturating_add(Duration::from_millis(self.random.between(1, 7_200_000))),
             ),
             _ => Some(
-                self.clock.now()
+                self.clock
+                    .now()
                     .saturating_add(Duration::from_days(self.random.between(1, 30))),
             ),
         };
@@ -560,7 +562,9 @@ impl Simulation {
             0 => {
                 self.report.clock_steps_back += 1;
                 let back = Duration::from_millis(self.random.between(1, 3_600_000));
-                self.clock.set(Timestamp::from_millis(self.clock.now().millis().saturating_sub(back.millis())));
+                self.clock.set(Timestamp::from_millis(
+                    self.clock.now().millis().saturating_sub(back.millis()),
+                ));
                 *operation = format!("clock back {back:?}");
                 return;
             }
