@@ -4,6 +4,7 @@
 //! reservations, grants and keys), then computes, then applies — and the
 //! apply step cannot fail, so an operation happens whole or not at all.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ pub struct Outcome<T> {
 
 /// Window states of one owner (a subject or the account), aligned with the
 /// windows of one plan; `None` until first used.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct WindowSet {
     plan: PlanId,
     states: Vec<Option<WindowState>>,
@@ -67,7 +68,7 @@ impl WindowSet {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct SubjectState {
     /// The subject's own plan; `None`: the account's.
     plan: Option<PlanId>,
@@ -76,13 +77,13 @@ struct SubjectState {
 
 /// A window that applies to a request: whose it is, which one, and the
 /// weight of one unit of the feature in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Applicable {
     scope: Scope,
     meter: Meter,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Reservation {
     subject: SubjectId,
     feature: FeatureId,
@@ -104,7 +105,7 @@ enum CreditCover {
     NotForSale,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     id: AccountId,
     plan: PlanId,
@@ -1479,7 +1480,9 @@ pub enum SettleError {
 impl std::fmt::Display for SettleError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SettleError::UnknownAccount(account) => write!(f, "balance update of unknown account {account}"),
+            SettleError::UnknownAccount(account) => {
+                write!(f, "balance update of unknown account {account}")
+            }
             SettleError::WrongAccount { update, account } => {
                 write!(
                     f,

@@ -4,6 +4,7 @@
 
 mod parse;
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::GrantKind;
@@ -26,7 +27,7 @@ pub struct Catalog {
 }
 
 /// One unit of `feature` counts as `weight` units of the plan's window `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meter {
     /// Index into [`Plan::windows`].
     pub window: usize,
@@ -92,7 +93,7 @@ pub enum Metered {
 }
 
 /// Whose usage a window counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scope {
     /// Each subject has its own instance of the window.
     Subject,

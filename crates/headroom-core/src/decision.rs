@@ -1,5 +1,6 @@
 //! What goes into a decision and what comes out of it.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use crate::window::WindowReport;
 /// A 128-bit id derived from the account, the idempotency key of the call
 /// that made it and the time it was made: the same call always yields the
 /// same ids, and a key used again after its retention period yields new ones.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DecisionId(pub u128);
 
 /// A reservation is named by the decision that took it.
@@ -57,7 +58,7 @@ impl fmt::Debug for DecisionId {
 }
 
 /// Request attributes (`model = "gpt-5-codex"`), sorted by name, names unique.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Attributes(Vec<(String, String)>);
 
 impl Attributes {
@@ -108,7 +109,7 @@ impl Attributes {
 }
 
 /// "May `subject` use `quantity` of `feature` now, and from where?"
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionRequest {
     pub subject: SubjectId,
     pub feature: FeatureId,
@@ -121,7 +122,7 @@ pub struct DecisionRequest {
 }
 
 /// Hold an estimate until the actual quantity is known.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReserveRequest {
     pub subject: SubjectId,
     pub feature: FeatureId,
@@ -132,7 +133,7 @@ pub struct ReserveRequest {
     pub lifetime: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptureRequest {
     pub reservation: ReservationId,
     /// The actual quantity: less or more than the estimate.
@@ -140,13 +141,13 @@ pub struct CaptureRequest {
     pub idempotency_key: IdempotencyKey,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRequest {
     pub reservation: ReservationId,
     pub idempotency_key: IdempotencyKey,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantRequest {
     pub grant: GrantId,
     pub kind: GrantKind,
@@ -210,7 +211,7 @@ impl Fingerprinted<'_> {
 }
 
 /// Why a decision came out as it did. Stable, machine-readable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Reason {
     /// Plan windows covered all of it.
     CoveredByWindows,
@@ -247,7 +248,7 @@ impl fmt::Display for Reason {
 }
 
 /// Where units of a request came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
     Windows,
     Grant {
@@ -260,14 +261,14 @@ pub enum Source {
     WriteOff,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceUse {
     pub source: Source,
     pub units: u64,
     pub credits: Credits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DecisionKind {
     Decide,
     Preview,
@@ -275,14 +276,14 @@ pub enum DecisionKind {
     Capture,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationInfo {
     pub id: ReservationId,
     pub expires_at: Timestamp,
 }
 
 /// The engine's answer to one request.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub id: DecisionId,
     pub kind: DecisionKind,
@@ -367,7 +368,7 @@ impl Decision {
 }
 
 /// The answer to a release.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {
     pub reservation: ReservationId,
     pub window_units_returned: u64,
@@ -376,7 +377,7 @@ pub struct Released {
 }
 
 /// The answer to a grant addition.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantAdded {
     pub grant: GrantId,
     pub kind: GrantKind,
@@ -386,7 +387,7 @@ pub struct GrantAdded {
 }
 
 /// What an idempotency key remembers: the answer, shared with the caller.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Recorded {
     Decision(Arc<Decision>),
     Released(Arc<Released>),

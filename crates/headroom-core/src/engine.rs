@@ -35,7 +35,9 @@ impl Engine {
         let mut engine = Engine::new(catalog);
         for account in accounts {
             for subject in account.subjects() {
-                engine.subjects.insert(subject.clone(), account.id().clone());
+                engine
+                    .subjects
+                    .insert(subject.clone(), account.id().clone());
             }
             engine.accounts.insert(account.id().clone(), account);
         }
@@ -171,8 +173,16 @@ impl Engine {
         state.add_grant(&catalog, request, now)
     }
 
-    pub fn set_plan(&mut self, account: &AccountId, plan: &PlanId, overdraft: Option<Credits>) -> Result<(), CoreError> {
-        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+    pub fn set_plan(
+        &mut self,
+        account: &AccountId,
+        plan: &PlanId,
+        overdraft: Option<Credits>,
+    ) -> Result<(), CoreError> {
+        let state = self
+            .accounts
+            .get_mut(account)
+            .ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
         state.set_plan(&self.catalog, plan, overdraft)
     }
 

@@ -7,9 +7,10 @@ use crate::fingerprint::Fnv128;
 use crate::ids::{AccountId, FeatureId, GrantId, IdempotencyKey, SubjectId};
 use crate::money::Credits;
 use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
 
 /// A 128-bit event id, derived from what caused the event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EventId(pub u128);
 
 impl EventId {
@@ -30,7 +31,7 @@ impl std::fmt::Display for EventId {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Usage(UsageEvent),
     Monetization(MonetizationEvent),
@@ -38,7 +39,7 @@ pub enum Event {
 }
 
 /// Units used: one per allowed decide or capture.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
     pub id: EventId,
     pub decision: DecisionId,
@@ -54,7 +55,7 @@ pub struct UsageEvent {
 
 /// The price of one usage event: exactly one per usage event, zero credits
 /// when windows covered it all.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonetizationEvent {
     pub id: EventId,
     pub usage: EventId,
@@ -68,14 +69,14 @@ pub struct MonetizationEvent {
 }
 
 /// Which balance a balance update moves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BalanceSource {
     Grant(GrantId),
     Overdraft,
 }
 
 /// Why a balance moved.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BalanceCause {
     /// Credits spent by a monetization event.
     Debit { monetization: EventId },
@@ -87,7 +88,7 @@ pub enum BalanceCause {
 
 /// One entry of the ledger. Within an account, `sequence` numbers updates
 /// 1, 2, 3… in the order they must be settled; settling is idempotent.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalanceUpdate {
     pub id: EventId,
     pub sequence: u64,

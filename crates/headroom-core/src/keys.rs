@@ -2,6 +2,7 @@
 //! retention period and then forgotten. Forgetting changes no money: the
 //! events of the answer were recorded when it was given.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
 use crate::decision::Recorded;
@@ -9,14 +10,14 @@ use crate::ids::IdempotencyKey;
 use crate::limits::IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX;
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct KeyRecord {
     fingerprint: u128,
     expires_at: Timestamp,
     recorded: Recorded,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyTable {
     records: HashMap<IdempotencyKey, KeyRecord>,
     /// Keys in the order they expire (retention is fixed, time only moves on).

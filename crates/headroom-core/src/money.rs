@@ -1,12 +1,13 @@
 //! Credits: an integer count of micro-credits with checked arithmetic. No floats.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Micro-credits per credit: prices and balances are integers of micro-credits.
 pub const MICROS_PER_CREDIT: u64 = 1_000_000;
 
 /// A non-negative amount of micro-credits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Credits(u64);
 
 /// An arithmetic result that does not fit: an operating error, reported as a value.

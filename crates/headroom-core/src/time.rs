@@ -1,16 +1,17 @@
 //! Time as an injected value. The core never reads a clock: callers pass `now`,
-//! taken from a [`Clock`]. Only the adapter in the `headroom` crate reads the
+//! taken from a [`Clock`]. Only `SystemClock` in `headroom-store` reads the
 //! system clock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Milliseconds since the Unix epoch, UTC.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Timestamp(u64);
 
 /// A span of time in milliseconds.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Duration(u64);
 
 impl Timestamp {
@@ -127,7 +128,9 @@ pub struct FakeClock {
 
 impl FakeClock {
     pub fn new(start: Timestamp) -> FakeClock {
-        FakeClock { now_millis: AtomicU64::new(start.millis()) }
+        FakeClock {
+            now_millis: AtomicU64::new(start.millis()),
+        }
     }
 
     pub fn advance(&self, by: Duration) {

@@ -10,10 +10,11 @@ use crate::events::BalanceSource;
 use crate::ids::GrantId;
 use crate::money::Credits;
 use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
 
 const BOUNDED: &str = "amounts are bounded by limits so that sums fit";
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub id: GrantId,
     pub kind: GrantKind,
@@ -56,7 +57,7 @@ impl Grant {
 }
 
 /// Spending below zero, up to a limit.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Overdraft {
     pub limit: Credits,
     /// Settled debt.
@@ -84,7 +85,7 @@ pub enum Line {
     Overdraft,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Wallet {
     /// Always sorted in waterfall order.
     pub grants: Vec<Grant>,

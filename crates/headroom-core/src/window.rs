@@ -5,9 +5,10 @@
 
 use crate::catalog::{WindowKind, WindowSpec};
 use crate::time::{Duration, Timestamp};
+use serde::{Deserialize, Serialize};
 
 /// The state of one instance-owner's window: a subject's, or an account's.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WindowState {
     Fixed {
         /// Which instance `used` counts in: `k` of `[k·P + offset - P, k·P + offset)`.
@@ -34,7 +35,7 @@ pub enum WindowState {
 }
 
 /// Where covered units went, so that a released hold can return them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowHold {
     /// The instance (fixed), start time (anchored) or bucket (sliding) the
     /// units were counted in; unused for a token bucket.
@@ -43,7 +44,7 @@ pub struct WindowHold {
 }
 
 /// A window as a decision reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowReport {
     pub window: crate::WindowId,
     pub scope: crate::catalog::Scope,
