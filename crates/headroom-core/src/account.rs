@@ -127,7 +127,9 @@ pub struct AccountState {
     ledger_balance: i128,
     /// Settled corrections: debits that found less than they expected.
     written_off: Credits,
-    grants_added: u64,
+    /// Ids of grants dropped once spent and settled: never reused, so that
+    /// a grant (a payment) cannot arrive twice under its id.
+    retired_grants: std::collections::BTreeSet<crate::GrantId>,
 }
 
 impl AccountState {
@@ -158,7 +160,7 @@ impl AccountState {
             settled_through: 0,
             ledger_balance: 0,
             written_off: Credits::ZERO,
-            grants_added: 0,
+            retired_grants: std::collections::BTreeSet::new(),
         };
         account.wallet.overdraft.limit = overdraft.unwrap_or(plan_spec.overdraft);
         let mut events = Vec::new();
@@ -680,7 +682,7 @@ impl AccountState {
                 "expires_at must be in the future".to_string(),
             ));
         }
-        if self.wallet.grant_index(&request.grant).is_some() {
+        if self.wallet.grant_index(&request.grant).is_some() || self.retired_grants.contains(&request.grant) {
             return Err(CoreError::GrantExists(request.grant.clone()));
         }
         // Counted before advancing, which may drop spent grants: a refusal
@@ -701,7 +703,6 @@ impl AccountState {
             pending_debit: Credits::ZERO,
             held: Credits::ZERO,
         });
-        self.grants_added += 1;
         let cause = DecisionId::derive(&self.id, &request.idempotency_key, now).0;
         let delta = request.credits.signed().expect(BOUNDED);
         self.push_update(
@@ -813,11 +814,16 @@ impl AccountState {
         }
         self.expire_grants(now, events);
         self.keys.forget_expired(now);
+        let retired = &mut self.retired_grants;
         self.wallet.grants.retain(|grant| {
-            !(grant.settled.is_zero()
+            let spent = grant.settled.is_zero()
                 && grant.pending_credit.is_zero()
                 && grant.pending_debit.is_zero()
-                && grant.held.is_zero())
+                && grant.held.is_zero();
+            if spent {
+                retired.insert(grant.id.clone());
+            }
+            !spent
         });
     }
 
@@ -1205,7 +1211,8 @@ impl AccountState {
     ) {
         let available = self.wallet.available(now);
         decision.allowed = false;
-        decision.reason = if available.is_zero() {
+        // A feature that cannot be bought (price 0) is limited by its windows alone.
+        decision.reason = if available.is_zero() || decision.price.is_zero() {
             Reason::LimitReached
         } else {
             Reason::InsufficientCredits
@@ -1234,6 +1241,7 @@ impl AccountState {
         };
     }
 
+    #[allow(clippy::too_many_arguments)] // The fields every decision starts from.
     fn blank_decision(
         &self,
         id: DecisionId,

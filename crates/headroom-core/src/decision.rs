@@ -347,7 +347,7 @@ impl Decision {
                 self.id, self.quantity
             ));
         }
-        if !self.allowed && !(self.sources.is_empty() && self.credits_charged.is_zero()) {
+        if !self.allowed && (!self.sources.is_empty() || !self.credits_charged.is_zero()) {
             return Err(format!("decision {}: a deny consumed something", self.id));
         }
         let write_off = self

@@ -36,6 +36,31 @@ pub enum Event {
     Usage(UsageEvent),
     Monetization(MonetizationEvent),
     Balance(BalanceUpdate),
+    Correction(Correction),
+}
+
+impl Event {
+    pub fn id(&self) -> EventId {
+        match self {
+            Event::Usage(usage) => usage.id,
+            Event::Monetization(monetization) => monetization.id,
+            Event::Balance(update) => update.id,
+            Event::Correction(correction) => correction.id,
+        }
+    }
+}
+
+/// Settling a balance update found less than it takes (an overshoot): the
+/// balance stops at zero (or the overdraft) and the rest is written off,
+/// recorded here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    pub id: EventId,
+    /// The balance update whose settlement was corrected.
+    pub update: EventId,
+    pub account: AccountId,
+    pub write_off: Credits,
+    pub at: Timestamp,
 }
 
 /// Units used: one per allowed decide or capture.

@@ -19,6 +19,7 @@ pub struct EventAudit {
     pub usage_events: u64,
     pub monetization_events: u64,
     pub balance_updates: u64,
+    pub corrections: u64,
 }
 
 impl EventAudit {
@@ -28,11 +29,7 @@ impl EventAudit {
 
     /// Checks one event against everything seen so far.
     pub fn record(&mut self, event: &Event) -> Result<(), String> {
-        let id = match event {
-            Event::Usage(usage) => usage.id,
-            Event::Monetization(monetization) => monetization.id,
-            Event::Balance(update) => update.id,
-        };
+        let id = event.id();
         if !self.ids.insert(id) {
             return Err(format!("duplicate event id {id}: {event:?}"));
         }
@@ -73,6 +70,12 @@ impl EventAudit {
                 let owed = i128::from(monetization.amount.micros())
                     - i128::from(monetization.write_off.micros());
                 self.monetization.insert(monetization.id, (owed, 0));
+            }
+            Event::Correction(correction) => {
+                self.corrections += 1;
+                if !self.ids.contains(&correction.update) {
+                    return Err(format!("correction {} names an unknown balance update", correction.id));
+                }
             }
             Event::Balance(update) => {
                 self.balance_updates += 1;

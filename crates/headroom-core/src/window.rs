@@ -225,7 +225,8 @@ impl WindowState {
                 started.map(|start| start.saturating_add(period))
             }
             (WindowState::Sliding { .. }, WindowKind::Sliding { .. }) => {
-                self.available_at(spec, now, 1)
+                // The next unit frees up when one more than what remains fits.
+                self.available_at(spec, now, self.remaining(spec, now) + 1)
             }
             (WindowState::TokenBucket { .. }, WindowKind::TokenBucket { .. }) => {
                 self.available_at(spec, now, spec.capacity)

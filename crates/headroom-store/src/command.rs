@@ -49,7 +49,7 @@ pub enum Response {
     Decision(Outcome<Decision>),
     Released(Outcome<Released>),
     GrantAdded(Outcome<GrantAdded>),
-    Settled(Settlement),
+    Settled { settlement: Settlement, events: Vec<Event> },
 }
 
 impl Response {
@@ -59,7 +59,17 @@ impl Response {
             Response::Decision(outcome) => &outcome.events,
             Response::Released(outcome) => &outcome.events,
             Response::GrantAdded(outcome) => &outcome.events,
-            Response::Settled(_) => &[],
+            Response::Settled { events, .. } => events,
+        }
+    }
+
+    /// Moves the events out, for the log; the answer keeps the rest.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        match self {
+            Response::Done { events } | Response::Settled { events, .. } => std::mem::take(events),
+            Response::Decision(outcome) => std::mem::take(&mut outcome.events),
+            Response::Released(outcome) => std::mem::take(&mut outcome.events),
+            Response::GrantAdded(outcome) => std::mem::take(&mut outcome.events),
         }
     }
 }
@@ -129,10 +139,20 @@ pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<R
             .add_grant(account, request, now)
             .map(Response::GrantAdded)
             .map_err(core),
-        Command::Settle(update) => engine
-            .settle(update)
-            .map(Response::Settled)
-            .map_err(Refusal::Settle),
+        Command::Settle(update) => {
+            let settlement = engine.settle(update).map_err(Refusal::Settle)?;
+            let events = match settlement {
+                Settlement::Applied { write_off } if !write_off.is_zero() => vec![Event::Correction(Correction {
+                    id: EventId::derive(update.id.0, "correction", 0),
+                    update: update.id,
+                    account: update.account.clone(),
+                    write_off,
+                    at: now,
+                })],
+                _ => Vec::new(),
+            };
+            Ok(Response::Settled { settlement, events })
+        }
         Command::Advance => Ok(Response::Done {
             events: engine.advance_all(now),
         }),

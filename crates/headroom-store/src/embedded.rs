@@ -19,7 +19,8 @@ use std::thread::JoinHandle;
 use headroom_core::{Catalog, Clock, Engine};
 
 use crate::command::{Command, Response, apply};
-use crate::log::{self, Batch, SegmentWriter};
+use crate::log::{self, Batch, Logged, SegmentWriter};
+use crate::settlement::{self, Durable, Progress};
 use crate::snapshot;
 use crate::{Reply, Store, StoreError};
 
@@ -58,7 +59,7 @@ impl StoreConfig {
 
 type Query = Box<dyn FnOnce(&Engine) + Send>;
 
-enum Request {
+pub(crate) enum Request {
     Command(Command, Reply),
     Query(Query),
 }
@@ -78,7 +79,24 @@ enum WriteJob {
 pub struct EmbeddedStore {
     requests: Mutex<Option<SyncSender<Request>>>,
     failed: Arc<AtomicBool>,
+    durable: Arc<Durable>,
+    settlement: Arc<Progress>,
+    closing: Arc<AtomicBool>,
+    settlement_thread: Mutex<Option<JoinHandle<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How far settlement is behind decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettlementLag {
+    /// The last batch of the log that is durable.
+    pub durable_batch: u64,
+    /// The last batch whose balance updates are all settled.
+    pub settled_batch: u64,
+    /// Balance updates decided but not settled yet, over all accounts.
+    pub unsettled_updates: u64,
+    /// Whether settlement stopped on an error (it is logged).
+    pub stopped: bool,
 }
 
 /// What recovery found on disk.
@@ -101,6 +119,17 @@ impl EmbeddedStore {
         let (request_sender, request_receiver) = mpsc::sync_channel(REQUEST_QUEUE_DEPTH);
         let (write_sender, write_receiver) = mpsc::sync_channel(WRITE_QUEUE_DEPTH);
         let failed = Arc::new(AtomicBool::new(false));
+        let durable = Arc::new(Durable::new(recovered.last_batch));
+        let settlement = Arc::new(Progress::default());
+        let closing = Arc::new(AtomicBool::new(false));
+        let settlement_thread = {
+            let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
+            let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());
+            std::thread::Builder::new()
+                .name("headroom-settlement".to_string())
+                .spawn(move || settlement::run(directory, requests, durable, settlement, closing))
+                .map_err(|error| StoreError::io(&config.data_directory, error))?
+        };
         let engine_thread = {
             let failed = failed.clone();
             let engine_config = config.clone();
@@ -126,17 +155,21 @@ impl EmbeddedStore {
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         let writer_thread = {
-            let failed = failed.clone();
+            let (failed, durable) = (failed.clone(), durable.clone());
             let directory = config.data_directory.clone();
             let writer = recovered.writer;
             std::thread::Builder::new()
                 .name("headroom-writer".to_string())
-                .spawn(move || writer_loop(writer, directory, write_receiver, failed))
+                .spawn(move || writer_loop(writer, directory, write_receiver, failed, durable))
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         Ok(EmbeddedStore {
             requests: Mutex::new(Some(request_sender)),
             failed,
+            durable,
+            settlement,
+            closing,
+            settlement_thread: Mutex::new(Some(settlement_thread)),
             threads: Mutex::new(vec![engine_thread, writer_thread]),
         })
     }
@@ -144,9 +177,40 @@ impl EmbeddedStore {
     /// Stops taking commands, finishes and syncs what was taken, and waits
     /// for both threads.
     pub fn close(&self) {
+        // Settlement first: it sends commands, so the engine can only stop after it.
+        self.closing.store(true, Ordering::SeqCst);
+        self.durable.wake();
+        if let Some(thread) = self.settlement_thread.lock().expect("not poisoned").take() {
+            let _ = thread.join();
+        }
         self.requests.lock().expect("not poisoned").take();
         for thread in self.threads.lock().expect("not poisoned").drain(..) {
             let _ = thread.join();
+        }
+    }
+
+    pub fn settlement_lag(&self) -> Result<SettlementLag, StoreError> {
+        let unsettled_updates = self.query(|engine| engine.accounts().map(|account| account.unsettled()).sum())?;
+        Ok(SettlementLag {
+            durable_batch: self.durable.get(),
+            settled_batch: self.settlement.settled_batch.load(Ordering::SeqCst),
+            unsettled_updates,
+            stopped: self.settlement.stopped.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Waits until every balance update decided so far is settled (for
+    /// tests and orderly shutdown); gives up after `timeout`.
+    pub fn wait_settled(&self, timeout: std::time::Duration) -> Result<SettlementLag, StoreError> {
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let lag = self.settlement_lag()?;
+            if lag.unsettled_updates == 0 || lag.stopped || waited >= timeout {
+                return Ok(lag);
+            }
+            let pause = std::time::Duration::from_millis(2);
+            std::thread::sleep(pause);
+            waited += pause;
         }
     }
 
@@ -210,6 +274,11 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
     let mut tail = None;
     for (index, (_, path)) in segments.iter().enumerate() {
         let last = index + 1 == segments.len();
+        // The log is kept whole as the audit trail; a segment the snapshot
+        // covers entirely is not even read.
+        if !last && segments[index + 1].0 <= snapshot_batch + 1 {
+            continue;
+        }
         let contents = log::read_segment(path, last)?;
         for (batch, commands) in contents.frames {
             if batch <= snapshot_batch {
@@ -219,17 +288,19 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
                 return Err(StoreError::Corrupt {
                     file: path.clone(),
                     offset: 0,
-                    reason: format!(
-                        "batch {batch} follows batch {last_batch}: part of the log is missing"
-                    ),
+                    reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
                 });
             }
-            for (at, command) in &commands {
-                apply(&mut engine, command, *at).map_err(|refusal| StoreError::Corrupt {
-                    file: path.clone(),
-                    offset: 0,
-                    reason: format!("batch {batch} does not apply again: {refusal}"),
-                })?;
+            for logged in &commands {
+                let replayed = apply(&mut engine, &logged.command, logged.at);
+                let same = matches!(&replayed, Ok(response) if response.events() == logged.events.as_slice());
+                if !same {
+                    return Err(StoreError::Corrupt {
+                        file: path.clone(),
+                        offset: 0,
+                        reason: format!("batch {batch} does not replay to what was recorded: {replayed:?}"),
+                    });
+                }
             }
             commands_since_snapshot += commands.len() as u64;
             last_batch = batch;
@@ -286,8 +357,9 @@ fn engine_loop(
                 Request::Command(command, reply) => {
                     let now = clock.now();
                     match apply(&mut engine, &command, now) {
-                        Ok(response) => {
-                            logged.push((now, command));
+                        Ok(mut response) => {
+                            let events = response.take_events();
+                            logged.push(Logged { at: now, command, events });
                             replies.push((reply, Ok(response)));
                         }
                         // Changed nothing, but answered in order with the rest.
@@ -341,6 +413,7 @@ fn writer_loop(
     directory: PathBuf,
     jobs: Receiver<WriteJob>,
     failed: Arc<AtomicBool>,
+    durable: Arc<Durable>,
 ) {
     for job in jobs {
         match job {
@@ -361,6 +434,9 @@ fn writer_loop(
                     );
                 }
                 let failure = failed.load(Ordering::SeqCst);
+                if !failure && !bytes.is_empty() {
+                    durable.publish(batch);
+                }
                 for (reply, result) in replies {
                     if failure {
                         reply(Err(StoreError::Unavailable(
@@ -386,19 +462,13 @@ fn writer_loop(
     }
 }
 
-/// Deletes older snapshots and the segments a snapshot covers whole.
+/// Deletes snapshots older than the newest. Log segments stay: they are
+/// the audit trail of the three datasets, and recovery skips what a
+/// snapshot covers without reading it.
 fn prune(directory: &Path, snapshot_batch: u64) -> Result<(), StoreError> {
     for (batch, path) in snapshot::list_snapshots(directory)? {
         if batch < snapshot_batch {
             std::fs::remove_file(&path).map_err(|error| StoreError::io(&path, error))?;
-        }
-    }
-    let segments = log::list_segments(directory)?;
-    // A segment is covered if the next one starts at or before the snapshot's batch + 1.
-    for pair in segments.windows(2) {
-        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
-        if *next_first <= snapshot_batch + 1 {
-            std::fs::remove_file(path).map_err(|error| StoreError::io(path, error))?;
         }
     }
     log::sync_directory(directory)

@@ -11,12 +11,13 @@ pub mod command;
 mod embedded;
 pub mod log;
 mod memory;
+mod settlement;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 
 pub use command::{Command, Refusal, Response, apply};
-pub use embedded::{EmbeddedStore, StoreConfig};
+pub use embedded::{EmbeddedStore, SettlementLag, StoreConfig};
 pub use memory::{Faults, MemoryStore};
 
 use headroom_core::{Clock, Engine, Timestamp};

@@ -3,7 +3,8 @@
 //! ```text
 //! frame   = length: u32 LE | checksum: u32 LE | batch: u64 LE | payload: length bytes
 //! checksum = CRC-32 of (batch | payload)
-//! payload = postcard of Vec<(Timestamp, Command)>
+//! payload = postcard of Vec<Logged>: each command with its time and the
+//!           events it recorded (the three datasets live in the log)
 //! ```
 //!
 //! What the format assumes of the disk: a write that was followed by a
@@ -17,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use headroom_core::Timestamp;
+use headroom_core::{Event, Timestamp};
 
 use crate::StoreError;
 use crate::command::Command;
@@ -32,7 +33,16 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// segments covered by a snapshot can be deleted whole.
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 
-pub type Batch = Vec<(Timestamp, Command)>;
+/// One applied command: when, what, and the events it recorded. Replaying
+/// the command must record the same events again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Logged {
+    pub at: Timestamp,
+    pub command: Command,
+    pub events: Vec<Event>,
+}
+
+pub type Batch = Vec<Logged>;
 
 pub fn segment_path(directory: &Path, first_batch: u64) -> PathBuf {
     directory.join(format!("wal-{first_batch:020}.log"))

@@ -4,9 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use headroom_core::{Catalog, Clock, Engine, Timestamp};
+use headroom_core::{Catalog, Clock, Engine};
 
 use crate::command::{Command, apply};
+use crate::log::Logged;
 use crate::{Reply, Store, StoreError};
 
 /// Which writes and syncs fail: one in `every` of each, chosen by a seeded
@@ -22,7 +23,7 @@ pub struct Faults {
 struct Inner {
     engine: Engine,
     /// Everything acknowledged, in order: what a restart replays.
-    log: Vec<(Timestamp, Command)>,
+    log: Vec<Logged>,
     faults: Faults,
     random: u64,
 }
@@ -50,8 +51,9 @@ impl MemoryStore {
     pub fn recover(&self) -> Engine {
         let inner = self.inner.lock().expect("not poisoned");
         let mut engine = Engine::new(Arc::new(inner.engine.catalog().clone()));
-        for (at, command) in &inner.log {
-            apply(&mut engine, command, *at).expect("an acknowledged command applies again");
+        for logged in &inner.log {
+            let response = apply(&mut engine, &logged.command, logged.at).expect("an acknowledged command applies again");
+            assert_eq!(response.events(), logged.events.as_slice(), "replay recorded other events");
         }
         engine
     }
@@ -93,7 +95,8 @@ impl Store for MemoryStore {
                     let what = if write_fails { "write" } else { "sync" };
                     Err(StoreError::Unavailable(format!("injected {what} failure")))
                 } else {
-                    inner.log.push((now, command));
+                    let events = response.events().to_vec();
+                    inner.log.push(Logged { at: now, command, events });
                     Ok(response)
                 }
             }

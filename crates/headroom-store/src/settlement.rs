@@ -1,0 +1,210 @@
+//! The settlement processor: a thread that follows the durable log, in
+//! order, and settles every balance update it finds into the balance of
+//! record (a `Settle` command, itself logged with its correction if the
+//! update overshot). Its cursor, the last batch whose updates are all
+//! settled, is kept in `settlement.cursor`; after a crash it resumes from
+//! there, and settling an update again changes nothing.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+
+use headroom_core::Event;
+
+use crate::command::Command;
+use crate::log::{self, Batch, FRAME_HEADER_BYTES};
+use crate::{Reply, StoreError};
+
+const CURSOR_FILE: &str = "settlement.cursor";
+
+/// The last durable batch, published by the writer after each sync.
+#[derive(Default)]
+pub struct Durable {
+    batch: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Durable {
+    pub fn new(batch: u64) -> Durable {
+        Durable { batch: Mutex::new(batch), changed: Condvar::new() }
+    }
+
+    pub fn publish(&self, batch: u64) {
+        *self.batch.lock().expect("not poisoned") = batch;
+        self.changed.notify_all();
+    }
+
+    pub fn get(&self) -> u64 {
+        *self.batch.lock().expect("not poisoned")
+    }
+
+    /// Waits until a batch after `after` is durable, or a while.
+    fn wait_past(&self, after: u64) -> u64 {
+        let batch = self.batch.lock().expect("not poisoned");
+        let (batch, _) = self
+            .changed
+            .wait_timeout_while(batch, std::time::Duration::from_millis(50), |batch| *batch <= after)
+            .expect("not poisoned");
+        *batch
+    }
+
+    pub fn wake(&self) {
+        self.changed.notify_all();
+    }
+}
+
+/// What the store tells about settlement: how far decisions and settlement are.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub settled_batch: AtomicU64,
+    pub stopped: AtomicBool,
+}
+
+pub fn read_cursor(directory: &Path) -> Result<u64, StoreError> {
+    let path = directory.join(CURSOR_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| StoreError::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            reason: format!("not a batch number: {text:?}"),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(StoreError::io(&path, error)),
+    }
+}
+
+fn write_cursor(directory: &Path, batch: u64) -> Result<(), StoreError> {
+    let path = directory.join(CURSOR_FILE);
+    let temporary = path.with_extension("tmp");
+    File::create(&temporary)
+        .and_then(|mut file| file.write_all(format!("{batch}\n").as_bytes()).and_then(|()| file.sync_all()))
+        .map_err(|error| StoreError::io(&temporary, error))?;
+    std::fs::rename(&temporary, &path).map_err(|error| StoreError::io(&path, error))?;
+    log::sync_directory(directory)
+}
+
+/// Reads durable frames in order, across segments.
+struct LogTail {
+    directory: PathBuf,
+    segment: Option<File>,
+    offset: u64,
+    next_batch: u64,
+}
+
+impl LogTail {
+    fn new(directory: &Path, next_batch: u64) -> LogTail {
+        LogTail { directory: directory.to_path_buf(), segment: None, offset: 0, next_batch }
+    }
+
+    /// The next frame, if it is durable (at most `durable`).
+    fn next(&mut self, durable: u64) -> Result<Option<(u64, Batch)>, StoreError> {
+        while self.next_batch <= durable {
+            if self.segment.is_none() {
+                self.open_segment_of(self.next_batch)?;
+            }
+            let file = self.segment.as_ref().expect("opened above");
+            let mut header = [0u8; FRAME_HEADER_BYTES];
+            if file.read_exact_at(&mut header, self.offset).is_err() {
+                // The end of this segment: the next frame starts the next one.
+                self.segment = None;
+                continue;
+            }
+            let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+            let batch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+            let mut payload = vec![0u8; length];
+            let (directory, offset) = (self.directory.clone(), self.offset);
+            let corrupt = |reason: &str| StoreError::Corrupt { file: directory.clone(), offset, reason: reason.to_string() };
+            file.read_exact_at(&mut payload, self.offset + FRAME_HEADER_BYTES as u64)
+                .map_err(|_| corrupt("a durable frame is cut short"))?;
+            self.offset += (FRAME_HEADER_BYTES + length) as u64;
+            if batch < self.next_batch {
+                continue;
+            }
+            let commands: Batch = postcard::from_bytes(&payload).map_err(|_| corrupt("a durable frame does not decode"))?;
+            self.next_batch = batch + 1;
+            return Ok(Some((batch, commands)));
+        }
+        Ok(None)
+    }
+
+    fn open_segment_of(&mut self, batch: u64) -> Result<(), StoreError> {
+        let segments = log::list_segments(&self.directory)?;
+        let (_, path) = segments
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= batch)
+            .ok_or_else(|| StoreError::Corrupt {
+                file: self.directory.clone(),
+                offset: 0,
+                reason: format!("no log segment holds batch {batch}"),
+            })?;
+        self.segment = Some(File::open(path).map_err(|error| StoreError::io(path, error))?);
+        self.offset = 0;
+        Ok(())
+    }
+}
+
+/// Runs until `closing` is set: follows the log and settles.
+pub fn run(
+    directory: PathBuf,
+    requests: SyncSender<crate::embedded::Request>,
+    durable: Arc<Durable>,
+    progress: Arc<Progress>,
+    closing: Arc<AtomicBool>,
+) {
+    if let Err(error) = settle_loop(&directory, &requests, &durable, &progress, &closing) {
+        eprintln!("headroom: settlement stopped: {error}");
+        progress.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+fn settle_loop(
+    directory: &Path,
+    requests: &SyncSender<crate::embedded::Request>,
+    durable: &Durable,
+    progress: &Progress,
+    closing: &AtomicBool,
+) -> Result<(), StoreError> {
+    let mut cursor = read_cursor(directory)?;
+    progress.settled_batch.store(cursor, Ordering::SeqCst);
+    let mut tail = LogTail::new(directory, cursor + 1);
+    while !closing.load(Ordering::SeqCst) {
+        let durable_batch = durable.wait_past(cursor);
+        let (sender, receiver) = mpsc::channel();
+        let mut submitted = 0;
+        let mut last = cursor;
+        while let Some((batch, commands)) = tail.next(durable_batch)? {
+            for update in commands.iter().flat_map(|logged| &logged.events).filter_map(|event| match event {
+                Event::Balance(update) => Some(update.clone()),
+                _ => None,
+            }) {
+                let sender = sender.clone();
+                let reply: Reply = Box::new(move |result| {
+                    let _ = sender.send(result);
+                });
+                if requests.send(crate::embedded::Request::Command(Command::Settle(update), reply)).is_err() {
+                    return Ok(());
+                }
+                submitted += 1;
+            }
+            last = batch;
+        }
+        for _ in 0..submitted {
+            match receiver.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Ok(()),
+            }
+        }
+        if last != cursor {
+            cursor = last;
+            write_cursor(directory, cursor)?;
+            progress.settled_batch.store(cursor, Ordering::SeqCst);
+        }
+    }
+    Ok(())
+}
