@@ -681,6 +681,8 @@ struct AccountModel {
     records: HashMap<Owner, Vec<Record>>,
     /// Balance updates of the current operation: (source, delta, cause).
     updates: Vec<Update>,
+    /// Ids of grants dropped once spent.
+    retired: Vec<String>,
 }
 
 /// A balance update as the oracle predicts it: source, delta and cause.
@@ -717,6 +719,7 @@ impl AccountModel {
             last_seen: now,
             keys: HashMap::new(),
             records: HashMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -741,8 +744,13 @@ impl AccountModel {
             self.release(&reservation, now);
         }
         self.lapse(now);
-        self.grants
-            .retain(|grant| grant.left > 0 || grant.held > 0 || grant.unsettled);
+        let (kept, spent) = std::mem::take(&mut self.grants)
+            .into_iter()
+            .partition(|grant| grant.left > 0 || grant.held > 0 || grant.unsettled);
+        self.grants = kept;
+        // A spent grant's id is never granted again.
+        self.retired
+            .extend(spent.into_iter().map(|grant: GrantModel| grant.id));
     }
 
     /// What is left of an expired grant lapses; what is held stays held.
@@ -1051,7 +1059,8 @@ impl AccountModel {
             quantity,
             price,
             allowed: evaluation.credits.is_ok(),
-            reason: if available_before == 0 {
+            // Credits cannot help a feature that cannot be bought.
+            reason: if available_before == 0 || price == 0 {
                 Reason::LimitReached
             } else {
                 Reason::InsufficientCredits
@@ -1362,7 +1371,9 @@ impl Model {
             return Err(ModelError::InvalidGrant);
         }
         let id = request.grant.as_str();
-        if account.grants.iter().any(|grant| grant.id == id) {
+        if account.grants.iter().any(|grant| grant.id == id)
+            || account.retired.iter().any(|retired| retired == id)
+        {
             return Err(ModelError::GrantExists(id.to_string()));
         }
         account.advance(now);
@@ -2487,7 +2498,7 @@ proptest! {
 
     /// SPEC.md: a sliding window reports "when the next unit frees up".
     #[test]
-    
+
     fn sliding_windows_report_when_the_next_unit_frees_up(
         start in 0..DAY,
         operations in operations(false),
