@@ -45,11 +45,16 @@ pub enum Command {
 /// What a command answered, with the events it recorded.
 #[derive(Debug, Clone)]
 pub enum Response {
-    Done { events: Vec<Event> },
+    Done {
+        events: Vec<Event>,
+    },
     Decision(Outcome<Decision>),
     Released(Outcome<Released>),
     GrantAdded(Outcome<GrantAdded>),
-    Settled { settlement: Settlement, events: Vec<Event> },
+    Settled {
+        settlement: Settlement,
+        events: Vec<Event>,
+    },
 }
 
 impl Response {
@@ -142,13 +147,15 @@ pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<R
         Command::Settle(update) => {
             let settlement = engine.settle(update).map_err(Refusal::Settle)?;
             let events = match settlement {
-                Settlement::Applied { write_off } if !write_off.is_zero() => vec![Event::Correction(Correction {
-                    id: EventId::derive(update.id.0, "correction", 0),
-                    update: update.id,
-                    account: update.account.clone(),
-                    write_off,
-                    at: now,
-                })],
+                Settlement::Applied { write_off } if !write_off.is_zero() => {
+                    vec![Event::Correction(Correction {
+                        id: EventId::derive(update.id.0, "correction", 0),
+                        update: update.id,
+                        account: update.account.clone(),
+                        write_off,
+                        at: now,
+                    })]
+                }
                 _ => Vec::new(),
             };
             Ok(Response::Settled { settlement, events })

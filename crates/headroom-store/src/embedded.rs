@@ -124,7 +124,8 @@ impl EmbeddedStore {
         let closing = Arc::new(AtomicBool::new(false));
         let settlement_thread = {
             let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
-            let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());
+            let (durable, settlement, closing) =
+                (durable.clone(), settlement.clone(), closing.clone());
             std::thread::Builder::new()
                 .name("headroom-settlement".to_string())
                 .spawn(move || settlement::run(directory, requests, durable, settlement, closing))
@@ -190,7 +191,8 @@ impl EmbeddedStore {
     }
 
     pub fn settlement_lag(&self) -> Result<SettlementLag, StoreError> {
-        let unsettled_updates = self.query(|engine| engine.accounts().map(|account| account.unsettled()).sum())?;
+        let unsettled_updates =
+            self.query(|engine| engine.accounts().map(|account| account.unsettled()).sum())?;
         Ok(SettlementLag {
             durable_batch: self.durable.get(),
             settled_batch: self.settlement.settled_batch.load(Ordering::SeqCst),
@@ -218,13 +220,12 @@ impl EmbeddedStore {
         self.failed.load(Ordering::SeqCst)
     }
 
-    fn send(&self, request: Request) -> Result<(), Request> {
+    /// Hands a request to the engine thread; gives it back if the store is closed.
+    fn send(&self, request: Request) -> Result<(), Box<Request>> {
         let sender = self.requests.lock().expect("not poisoned").clone();
         match sender {
-            Some(sender) => sender
-                .send(request)
-                .map_err(|mpsc::SendError(request)| request),
-            None => Err(request),
+            Some(sender) => sender.send(request).map_err(|mpsc::SendError(request)| Box::new(request)),
+            None => Err(Box::new(request)),
         }
     }
 }
@@ -237,7 +238,9 @@ impl Drop for EmbeddedStore {
 
 impl Store for EmbeddedStore {
     fn submit(&self, command: Command, reply: Reply) {
-        if let Err(Request::Command(_, reply)) = self.send(Request::Command(command, reply)) {
+        if let Err(request) = self.send(Request::Command(command, reply))
+            && let Request::Command(_, reply) = *request
+        {
             reply(Err(StoreError::Unavailable(
                 "the store is closed".to_string(),
             )));
@@ -288,7 +291,9 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
                 return Err(StoreError::Corrupt {
                     file: path.clone(),
                     offset: 0,
-                    reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
+                    reason: format!(
+                        "batch {batch} follows batch {last_batch}: part of the log is missing"
+                    ),
                 });
             }
             for logged in &commands {
@@ -298,7 +303,9 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
                     return Err(StoreError::Corrupt {
                         file: path.clone(),
                         offset: 0,
-                        reason: format!("batch {batch} does not replay to what was recorded: {replayed:?}"),
+                        reason: format!(
+                            "batch {batch} does not replay to what was recorded: {replayed:?}"
+                        ),
                     });
                 }
             }
@@ -359,7 +366,11 @@ fn engine_loop(
                     match apply(&mut engine, &command, now) {
                         Ok(mut response) => {
                             let events = response.take_events();
-                            logged.push(Logged { at: now, command, events });
+                            logged.push(Logged {
+                                at: now,
+                                command,
+                                events,
+                            });
                             replies.push((reply, Ok(response)));
                         }
                         // Changed nothing, but answered in order with the rest.

@@ -52,8 +52,13 @@ impl MemoryStore {
         let inner = self.inner.lock().expect("not poisoned");
         let mut engine = Engine::new(Arc::new(inner.engine.catalog().clone()));
         for logged in &inner.log {
-            let response = apply(&mut engine, &logged.command, logged.at).expect("an acknowledged command applies again");
-            assert_eq!(response.events(), logged.events.as_slice(), "replay recorded other events");
+            let response = apply(&mut engine, &logged.command, logged.at)
+                .expect("an acknowledged command applies again");
+            assert_eq!(
+                response.events(),
+                logged.events.as_slice(),
+                "replay recorded other events"
+            );
         }
         engine
     }
@@ -73,7 +78,7 @@ impl Inner {
         let mut mixed = self.random;
         mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (mixed ^ (mixed >> 31)) % one_in == 0
+        (mixed ^ (mixed >> 31)).is_multiple_of(one_in)
     }
 }
 
@@ -96,7 +101,11 @@ impl Store for MemoryStore {
                     Err(StoreError::Unavailable(format!("injected {what} failure")))
                 } else {
                     let events = response.events().to_vec();
-                    inner.log.push(Logged { at: now, command, events });
+                    inner.log.push(Logged {
+                        at: now,
+                        command,
+                        events,
+                    });
                     Ok(response)
                 }
             }

@@ -11,6 +11,9 @@ use headroom_core::*;
 
 use crate::random::Random;
 
+/// A feature with the attributes that price it and the values each may take.
+type PricedFeature = (FeatureId, Vec<(String, Vec<String>)>);
+
 /// Earlier calls kept for replays: enough to reach back past the retention
 /// period now and then, bounded so that a long run stays small.
 const REMEMBERED_MAX: usize = 4_096;
@@ -78,7 +81,7 @@ struct Simulation {
     clock: FakeClock,
     accounts: Vec<AccountId>,
     subjects: Vec<SubjectId>,
-    features: Vec<(FeatureId, Vec<(String, Vec<String>)>)>,
+    features: Vec<PricedFeature>,
     /// Open reservations, by subject.
     reservations: Vec<(SubjectId, ReservationId, u64)>,
     remembered: Vec<Remembered>,
@@ -657,8 +660,7 @@ impl Simulation {
 
 /// A random catalog, as TOML so that it goes through the real parser, and
 /// the features with the attributes and values that price them.
-#[allow(clippy::type_complexity)]
-fn random_catalog(random: &mut Random) -> (String, Vec<(FeatureId, Vec<(String, Vec<String>)>)>) {
+fn random_catalog(random: &mut Random) -> (String, Vec<PricedFeature>) {
     let mut text = String::from("[settings]\nidempotency_retention = \"24h\"\n");
     if random.chance(50) {
         text.push_str("default_grant_expiry = \"30d\"\n");
