@@ -682,7 +682,9 @@ impl AccountState {
                 "expires_at must be in the future".to_string(),
             ));
         }
-        if self.wallet.grant_index(&request.grant).is_some() || self.retired_grants.contains(&request.grant) {
+        if self.wallet.grant_index(&request.grant).is_some()
+            || self.retired_grants.contains(&request.grant)
+        {
             return Err(CoreError::GrantExists(request.grant.clone()));
         }
         // Counted before advancing, which may drop spent grants: a refusal

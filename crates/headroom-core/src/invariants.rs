@@ -74,7 +74,10 @@ impl EventAudit {
             Event::Correction(correction) => {
                 self.corrections += 1;
                 if !self.ids.contains(&correction.update) {
-                    return Err(format!("correction {} names an unknown balance update", correction.id));
+                    return Err(format!(
+                        "correction {} names an unknown balance update",
+                        correction.id
+                    ));
                 }
             }
             Event::Balance(update) => {

@@ -73,9 +73,16 @@ fn decide(store: &EmbeddedStore, key: &str) -> Outcome<Decision> {
 
 /// The state once settlement has caught up, so that it is stable.
 fn state(store: &EmbeddedStore) -> Vec<AccountState> {
-    let lag = store.wait_settled(std::time::Duration::from_secs(10)).unwrap();
-    assert_eq!(lag.unsettled_updates, 0, "settlement did not catch up: {lag:?}");
-    store.query(|engine| engine.accounts().cloned().collect()).unwrap()
+    let lag = store
+        .wait_settled(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        lag.unsettled_updates, 0,
+        "settlement did not catch up: {lag:?}"
+    );
+    store
+        .query(|engine| engine.accounts().cloned().collect())
+        .unwrap()
 }
 
 fn segment(directory: &Path) -> PathBuf {
@@ -270,8 +277,14 @@ fn settlement_settles_every_update_and_resumes_after_a_restart() {
     assert_eq!(lag.unsettled_updates, 0, "{lag:?}");
     let account = &settled[0];
     assert_eq!(account.unsettled(), 0);
-    assert!(account.wallet().settled_balance() < 50_000_000, "credits were spent and settled");
-    store.query(|engine| engine.check_invariants()).unwrap().unwrap();
+    assert!(
+        account.wallet().settled_balance() < 50_000_000,
+        "credits were spent and settled"
+    );
+    store
+        .query(|engine| engine.check_invariants())
+        .unwrap()
+        .unwrap();
     store.close();
 
     // Forget the cursor: settlement starts over, and settling again changes nothing.

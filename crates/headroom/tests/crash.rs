@@ -78,8 +78,13 @@ fn verify(directory: &Path, acknowledged: &[String]) {
     )
     .expect("recovers after SIGKILL");
     // Settlement resumes on its own; let it finish so that state is still.
-    let lag = store.wait_settled(std::time::Duration::from_secs(30)).unwrap();
-    assert_eq!(lag.unsettled_updates, 0, "settlement did not resume: {lag:?}");
+    let lag = store
+        .wait_settled(std::time::Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        lag.unsettled_updates, 0,
+        "settlement did not resume: {lag:?}"
+    );
     let before: Vec<AccountState> = store
         .query(|engine| engine.accounts().cloned().collect())
         .unwrap();
