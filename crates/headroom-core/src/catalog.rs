@@ -23,7 +23,10 @@ pub struct Catalog {
     pub settings: Settings,
     /// For each plan and feature: the windows of that plan that meter the
     /// feature, with the weight of one unit of it. Built once by [`Catalog::new`].
-    meters: HashMap<(PlanId, FeatureId), Vec<Meter>>,
+    meters: HashMap<PlanId, HashMap<FeatureId, Vec<Meter>>>,
+    /// The TOML the catalog was read from, kept so that a data directory can
+    /// record the catalog its log was written under.
+    source: std::sync::Arc<str>,
 }
 
 /// One unit of `feature` counts as `weight` units of the plan's window `window`.
@@ -140,7 +143,9 @@ impl Catalog {
     /// Parses and validates a catalog. Errors name the exact path of the bad
     /// field, such as `plans.plus.windows[1].period: must be > 0`.
     pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
-        parse::parse(text)
+        let mut catalog = parse::parse(text)?;
+        catalog.source = std::sync::Arc::from(text);
+        Ok(catalog)
     }
 
     /// Builds a catalog from parts that are already valid on their own and
@@ -151,7 +156,7 @@ impl Catalog {
         plans: BTreeMap<PlanId, Plan>,
         settings: Settings,
     ) -> Catalog {
-        let mut meters: HashMap<(PlanId, FeatureId), Vec<Meter>> = HashMap::new();
+        let mut meters: HashMap<PlanId, HashMap<FeatureId, Vec<Meter>>> = HashMap::new();
         for plan in plans.values() {
             for (window, spec) in plan.windows.iter().enumerate() {
                 let weights: Vec<(FeatureId, u64)> = match &spec.metered {
@@ -164,7 +169,9 @@ impl Catalog {
                 };
                 for (feature, weight) in weights {
                     meters
-                        .entry((plan.id.clone(), feature))
+                        .entry(plan.id.clone())
+                        .or_default()
+                        .entry(feature)
                         .or_default()
                         .push(Meter { window, weight });
                 }
@@ -176,17 +183,22 @@ impl Catalog {
             plans,
             settings,
             meters,
+            source: std::sync::Arc::from(""),
         }
     }
 
     /// The windows of `plan` that meter `feature`, in the plan's order.
     pub fn meters(&self, plan: &PlanId, feature: &FeatureId) -> &[Meter] {
-        // A tuple key cannot be borrowed from a pair of references, so the
-        // lookup clones two `Arc`s; cheap next to a decision.
         self.meters
-            .get(&(plan.clone(), feature.clone()))
+            .get(plan.as_str())
+            .and_then(|features| features.get(feature.as_str()))
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// The TOML text this catalog was read from (empty if built in code).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn demo() -> Catalog {

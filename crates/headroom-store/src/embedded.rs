@@ -224,7 +224,9 @@ impl EmbeddedStore {
     fn send(&self, request: Request) -> Result<(), Box<Request>> {
         let sender = self.requests.lock().expect("not poisoned").clone();
         match sender {
-            Some(sender) => sender.send(request).map_err(|mpsc::SendError(request)| Box::new(request)),
+            Some(sender) => sender
+                .send(request)
+                .map_err(|mpsc::SendError(request)| Box::new(request)),
             None => Err(Box::new(request)),
         }
     }
@@ -266,6 +268,7 @@ impl Store for EmbeddedStore {
 /// Loads the newest snapshot and replays the log after it.
 pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, StoreError> {
     std::fs::create_dir_all(directory).map_err(|error| StoreError::io(directory, error))?;
+    record_catalog(directory, &catalog)?;
     let (snapshot_batch, accounts) = match snapshot::list_snapshots(directory)?.last() {
         Some((_, path)) => snapshot::read(path)?,
         None => (0, Vec::new()),
@@ -470,6 +473,28 @@ fn writer_loop(
                 }
             }
         }
+    }
+}
+
+/// The file that records the catalog a data directory's log was written under.
+pub const CATALOG_FILE: &str = "catalog.toml";
+
+/// Records the catalog on first use; refuses another one later, because the
+/// log replays only under the catalog it was written with.
+fn record_catalog(directory: &Path, catalog: &Catalog) -> Result<(), StoreError> {
+    let path = directory.join(CATALOG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(recorded) if recorded == catalog.source() => Ok(()),
+        Ok(_) => Err(StoreError::CatalogChanged { path }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temporary = path.with_extension("tmp");
+            std::fs::write(&temporary, catalog.source())
+                .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+                .map_err(|error| StoreError::io(&temporary, error))?;
+            std::fs::rename(&temporary, &path).map_err(|error| StoreError::io(&path, error))?;
+            log::sync_directory(directory)
+        }
+        Err(error) => Err(StoreError::io(&path, error)),
     }
 }
 

@@ -9,15 +9,17 @@
 
 pub mod command;
 mod embedded;
+pub mod ledger;
 pub mod log;
 mod memory;
+pub mod reconcile;
 mod settlement;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 
 pub use command::{Command, Refusal, Response, apply};
-pub use embedded::{EmbeddedStore, SettlementLag, StoreConfig};
+pub use embedded::{CATALOG_FILE, EmbeddedStore, SettlementLag, StoreConfig};
 pub use memory::{Faults, MemoryStore};
 
 use headroom_core::{Clock, Engine, Timestamp};
@@ -40,6 +42,10 @@ pub enum StoreError {
         path: PathBuf,
         message: String,
     },
+    /// The data directory was written under another catalog.
+    CatalogChanged {
+        path: PathBuf,
+    },
 }
 
 impl StoreError {
@@ -56,7 +62,7 @@ impl StoreError {
             StoreError::Refused(Refusal::Core(error)) => error.is_retryable(),
             StoreError::Refused(_) => false,
             StoreError::Unavailable(_) | StoreError::Io { .. } => true,
-            StoreError::Corrupt { .. } => false,
+            StoreError::Corrupt { .. } | StoreError::CatalogChanged { .. } => false,
         }
     }
 }
@@ -78,6 +84,11 @@ impl std::fmt::Display for StoreError {
                 )
             }
             StoreError::Io { path, message } => write!(f, "{}: {message}", path.display()),
+            StoreError::CatalogChanged { path } => write!(
+                f,
+                "the data directory was written under another catalog ({}); changing the catalog of existing data is not supported",
+                path.display()
+            ),
         }
     }
 }

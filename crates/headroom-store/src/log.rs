@@ -213,3 +213,20 @@ pub fn sync_directory(directory: &Path) -> Result<(), StoreError> {
         .and_then(|file| file.sync_all())
         .map_err(|error| StoreError::io(directory, error))
 }
+
+/// Reads every durable frame of the directory in order, without changing
+/// anything (a torn tail is skipped, not cut off): for readers of a live or
+/// stopped data directory.
+pub fn scan(
+    directory: &Path,
+    mut visit: impl FnMut(u64, &Path, Batch) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let segments = list_segments(directory)?;
+    for (index, (_, path)) in segments.iter().enumerate() {
+        let contents = read_segment(path, index + 1 == segments.len())?;
+        for (batch, commands) in contents.frames {
+            visit(batch, path, commands)?;
+        }
+    }
+    Ok(())
+}

@@ -292,3 +292,110 @@ fn settlement_settles_every_update_and_resumes_after_a_restart() {
     let store = open(&directory, clock).unwrap();
     assert_eq!(state(&store), settled);
 }
+
+#[test]
+fn the_ledger_reads_in_pages_with_every_link() {
+    let directory = temporary_directory("ledger");
+    let clock = clock();
+    let store = open(&directory, clock).unwrap();
+    setup(&store);
+    for index in 0..30 {
+        decide(&store, &format!("k{index}"));
+    }
+    state(&store);
+    store.close();
+
+    let account = AccountId::new("acme").unwrap();
+    let (mut after, mut entries) = (0, Vec::new());
+    loop {
+        let page = ledger::read(&directory, &account, after, 4).unwrap();
+        assert!(page.entries.len() <= 4);
+        entries.extend(page.entries);
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    let sequences: Vec<u64> = entries.iter().map(|entry| entry.update.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=entries.len() as u64).collect::<Vec<_>>(),
+        "in order, no gap"
+    );
+    assert!(entries.len() > 5, "credits were spent");
+    assert!(matches!(
+        entries[0].update.cause,
+        BalanceCause::Grant { .. }
+    ));
+    for entry in &entries[1..] {
+        let monetization = entry
+            .monetization
+            .as_ref()
+            .expect("a debit links its monetization event");
+        let usage = entry.usage.as_ref().expect("and its usage event");
+        assert!(
+            matches!(entry.update.cause, BalanceCause::Debit { monetization: id } if id == monetization.id)
+        );
+        assert_eq!(monetization.usage, usage.id);
+        assert!(usage.idempotency_key.as_str().starts_with('k'));
+    }
+    assert!(entries.iter().all(|entry| entry.settled));
+}
+
+#[test]
+fn reconciliation_passes_on_sound_data_and_names_a_forged_settlement() {
+    let directory = temporary_directory("reconcile");
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    for index in 0..30 {
+        decide(&store, &format!("k{index}"));
+    }
+    state(&store);
+    store.close();
+
+    let report = reconcile::reconcile(&directory).unwrap();
+    assert_eq!(report.discrepancies, Vec::<String>::new(), "{report}");
+    assert_eq!(report.usage_events, 30);
+    assert_eq!(report.monetization_events, 30);
+    assert_eq!(report.unsettled_updates, 0);
+    assert!(report.settled_updates > 5);
+
+    // Append a frame that settles a balance update nobody decided.
+    let forged = BalanceUpdate {
+        id: EventId(42),
+        sequence: 999,
+        account: AccountId::new("acme").unwrap(),
+        source: BalanceSource::Overdraft,
+        delta: -1_000_000,
+        cause: BalanceCause::Expiry,
+        at: clock.now(),
+    };
+    let path = segment(&directory);
+    let frames = log::read_segment(&path, true).unwrap().frames;
+    let next_batch = frames.last().unwrap().0 + 1;
+    let mut bytes = Vec::new();
+    log::encode_frame(
+        &mut bytes,
+        next_batch,
+        &vec![log::Logged {
+            at: clock.now(),
+            command: Command::Settle(forged),
+            events: Vec::new(),
+        }],
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &bytes).unwrap();
+
+    let report = reconcile::reconcile(&directory).unwrap();
+    assert!(
+        report
+            .discrepancies
+            .iter()
+            .any(|problem| problem.contains("settlement of unknown balance update")),
+        "{report}"
+    );
+}

@@ -27,6 +27,14 @@ enum Action {
         #[arg(long, default_value_t = 100_000)]
         ops: u64,
     },
+    /// Cross-check a data directory against every invariant: the three
+    /// datasets, their links, settlement and the balances. Reads only; works
+    /// on a live or a stopped data directory. Exits 1 on any discrepancy.
+    Reconcile {
+        /// The data directory to check.
+        #[arg(long, default_value = "headroom-data")]
+        data_dir: PathBuf,
+    },
     /// Runs a deterministic workload against an embedded store and prints
     /// each acknowledged operation; the crash test kills it at random.
     #[command(hide = true)]
@@ -60,6 +68,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Action::Reconcile { data_dir } => match headroom_store::reconcile::reconcile(&data_dir) {
+            Ok(report) => {
+                print!("{report}");
+                if report.discrepancies.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("headroom: {error}");
+                ExitCode::from(2)
+            }
+        },
         Action::StoreWorker {
             data_dir,
             prefix,

@@ -32,6 +32,7 @@ fn every_acknowledged_operation_survives_sigkill() {
         let acknowledged = run_and_kill(&directory, run, random.between(10, 400));
         total += acknowledged.len();
         verify(&directory, &acknowledged);
+        reconcile(&directory, true);
     }
     println!("{KILLS} kills, {total} acknowledged operations verified");
     std::fs::remove_dir_all(&directory).unwrap();
@@ -58,6 +59,10 @@ fn run_and_kill(directory: &Path, run: u64, operations: u64) -> Vec<String> {
     let mut acknowledged = Vec::new();
     for line in lines.by_ref() {
         acknowledged.push(line.unwrap());
+        // Reconciliation reads a live data directory too.
+        if run == 0 && acknowledged.len() == 5 {
+            reconcile(directory, false);
+        }
         if acknowledged.len() as u64 == operations {
             worker.kill().expect("SIGKILL");
             break;
@@ -68,6 +73,45 @@ fn run_and_kill(directory: &Path, run: u64, operations: u64) -> Vec<String> {
     acknowledged.extend(lines.map_while(Result::ok));
     worker.wait().unwrap();
     acknowledged
+}
+
+/// Runs `headroom reconcile` on the directory: no discrepancy, and a
+/// stopped directory is left exactly as it was.
+fn reconcile(directory: &Path, stopped: bool) {
+    let listing = |directory: &Path| {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(directory)
+            .unwrap()
+            .map(|entry| entry.unwrap())
+            .map(|entry| {
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    entry.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(directory);
+    let output = Process::new(env!("CARGO_BIN_EXE_headroom"))
+        .args(["reconcile", "--data-dir"])
+        .arg(directory)
+        .output()
+        .expect("runs reconcile");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "reconcile failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("discrepancies      none"), "{stdout}");
+    if stopped {
+        assert_eq!(
+            listing(directory),
+            before,
+            "reconcile changed the data directory"
+        );
+    }
 }
 
 fn verify(directory: &Path, acknowledged: &[String]) {
