@@ -26,6 +26,10 @@ enum Action {
         /// How many operations to run.
         #[arg(long, default_value_t = 100_000)]
         ops: u64,
+        /// Also drive the in-memory store twin with injected write and sync
+        /// failures and crash-restarts, checking it against the engine.
+        #[arg(long)]
+        twin: bool,
     },
     /// Cross-check a data directory against every invariant: the three
     /// datasets, their links, settlement and the balances. Reads only; works
@@ -51,13 +55,10 @@ enum Action {
 
 fn main() -> ExitCode {
     match Command::parse().action {
-        Action::Simulate { seed, ops } => {
+        Action::Simulate { seed, ops, twin } => {
             let seed = seed.unwrap_or_else(random_seed);
             println!("seed {seed}");
-            match simulate::run(SimulationConfig {
-                seed,
-                operations: ops,
-            }) {
+            match simulate::run(SimulationConfig { seed, operations: ops, twin }) {
                 Ok(report) => {
                     println!("ok: {report:?}");
                     ExitCode::SUCCESS

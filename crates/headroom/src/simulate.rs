@@ -9,6 +9,8 @@ use std::sync::Arc;
 use headroom_core::invariants::EventAudit;
 use headroom_core::*;
 
+use headroom_store::{Command, Faults, MemoryStore, Store, StoreError};
+
 use crate::random::Random;
 
 /// A feature with the attributes that price it and the values each may take.
@@ -18,10 +20,16 @@ type PricedFeature = (FeatureId, Vec<(String, Vec<String>)>);
 /// period now and then, bounded so that a long run stays small.
 const REMEMBERED_MAX: usize = 4_096;
 
+/// How often a twin run checks a crash and restart (a replay of its log).
+const TWIN_CRASH_EVERY_STEPS: u64 = 97;
+
 #[derive(Debug, Clone, Copy)]
 pub struct SimulationConfig {
     pub seed: u64,
     pub operations: u64,
+    /// Also drive the in-memory store twin, with injected write and sync
+    /// failures and crash-restarts.
+    pub twin: bool,
 }
 
 /// What a run did, for the summary line.
@@ -78,7 +86,7 @@ enum Remembered {
 struct Simulation {
     random: Random,
     engine: Engine,
-    clock: FakeClock,
+    clock: Arc<FakeClock>,
     accounts: Vec<AccountId>,
     subjects: Vec<SubjectId>,
     features: Vec<PricedFeature>,
@@ -93,16 +101,22 @@ struct Simulation {
     ledger: HashMap<AccountId, i128>,
     next_key: u64,
     report: SimulationReport,
+    /// The store twin, when the run drives one: it receives every command
+    /// that changed the engine, under injected write and sync failures.
+    twin: Option<MemoryStore>,
+    /// Commands of the current step, to send to the twin.
+    mirrored: Vec<Command>,
 }
 
 /// Runs a simulation. A core panic (a violated assertion) is caught and
 /// reported as a failure of the step it happened in.
 pub fn run(config: SimulationConfig) -> Result<SimulationReport, SimulationFailure> {
-    let mut simulation = Simulation::new(config.seed);
+    let mut simulation = Simulation::new(config.seed, config.twin);
     for step in 0..config.operations {
         let mut operation = String::new();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             simulation.step(&mut operation)?;
+            simulation.drive_twin(step)?;
             simulation.check()
         }));
         let message = match outcome {
@@ -126,15 +140,18 @@ pub fn run(config: SimulationConfig) -> Result<SimulationReport, SimulationFailu
 }
 
 impl Simulation {
-    fn new(seed: u64) -> Simulation {
+    fn new(seed: u64, with_twin: bool) -> Simulation {
         let mut random = Random::new(seed);
         let (catalog_text, features) = random_catalog(&mut random);
         let catalog = Catalog::from_toml(&catalog_text).unwrap_or_else(|error| {
             panic!("generated catalog is invalid: {error}\n{catalog_text}")
         });
         let plans: Vec<PlanId> = catalog.plans.keys().cloned().collect();
-        let mut engine = Engine::new(Arc::new(catalog));
+        let catalog = Arc::new(catalog);
+        let mut engine = Engine::new(catalog.clone());
         let now = Timestamp::from_millis(1_700_000_000_000 + random.below(1_000_000_000));
+        let clock = Arc::new(FakeClock::new(now));
+        let mut mirrored = Vec::new();
         let mut accounts = Vec::new();
         let mut subjects = Vec::new();
         let mut unsettled: HashMap<AccountId, Vec<BalanceUpdate>> = HashMap::new();
@@ -148,6 +165,7 @@ impl Simulation {
             let events = engine
                 .open_account(account.clone(), &plan, overdraft, now)
                 .expect("opens");
+            mirrored.push(Command::OpenAccount { account: account.clone(), plan: plan.clone(), overdraft });
             for event in &events {
                 audit.record(event).expect("opening events are sound");
                 if let Event::Balance(update) = event {
@@ -162,16 +180,17 @@ impl Simulation {
                     .expect("valid id");
                 let own_plan = random.chance(30).then(|| random.pick(&plans).clone());
                 engine
-                    .put_subject(subject.clone(), &account, own_plan)
+                    .put_subject(subject.clone(), &account, own_plan.clone())
                     .expect("adds");
+                mirrored.push(Command::PutSubject { subject: subject.clone(), account: account.clone(), plan: own_plan });
                 subjects.push(subject);
             }
             accounts.push(account);
         }
-        Simulation {
+        let mut simulation = Simulation {
             random,
             engine,
-            clock: FakeClock::new(now),
+            clock: clock.clone(),
             accounts,
             subjects,
             features,
@@ -182,7 +201,89 @@ impl Simulation {
             ledger: HashMap::new(),
             next_key: 0,
             report: SimulationReport::default(),
+            twin: with_twin.then(|| {
+                let faults = Faults { seed, write_failure_one_in: 7, sync_failure_one_in: 11 };
+                MemoryStore::new(catalog, clock, faults)
+            }),
+            mirrored: if with_twin { mirrored } else { Vec::new() },
+        };
+        // The twin opens the same accounts at the same time.
+        simulation.drive_twin(1).expect("the twin opens the accounts");
+        simulation
+    }
+
+    fn decide_engine(&mut self, request: &DecisionRequest) -> Result<Outcome<Decision>, CoreError> {
+        let result = self.engine.decide(request, self.clock.now());
+        self.mirror_if(result.is_ok(), || Command::Decide(request.clone()));
+        result
+    }
+
+    fn reserve_engine(&mut self, request: &ReserveRequest) -> Result<Outcome<Decision>, CoreError> {
+        let result = self.engine.reserve(request, self.clock.now());
+        self.mirror_if(result.is_ok(), || Command::Reserve(request.clone()));
+        result
+    }
+
+    fn capture_engine(&mut self, subject: &SubjectId, request: &CaptureRequest) -> Result<Outcome<Decision>, CoreError> {
+        let result = self.engine.capture(subject, request, self.clock.now());
+        self.mirror_if(result.is_ok(), || Command::Capture { subject: subject.clone(), request: request.clone() });
+        result
+    }
+
+    fn release_engine(&mut self, subject: &SubjectId, request: &ReleaseRequest) -> Result<Outcome<Released>, CoreError> {
+        let result = self.engine.release(subject, request, self.clock.now());
+        self.mirror_if(result.is_ok(), || Command::Release { subject: subject.clone(), request: request.clone() });
+        result
+    }
+
+    fn grant_engine(&mut self, account: &AccountId, request: &GrantRequest) -> Result<Outcome<GrantAdded>, CoreError> {
+        let result = self.engine.add_grant(account, request, self.clock.now());
+        self.mirror_if(result.is_ok(), || Command::AddGrant { account: account.clone(), request: request.clone() });
+        result
+    }
+
+    fn advance_engine(&mut self) -> Vec<Event> {
+        self.mirror_if(true, || Command::Advance);
+        self.engine.advance_all(self.clock.now())
+    }
+
+    fn mirror_if(&mut self, changed: bool, command: impl FnOnce() -> Command) {
+        if changed && self.twin.is_some() {
+            self.mirrored.push(command());
         }
+    }
+
+    /// Sends the step's commands to the twin. An injected failure must
+    /// change nothing; the command is then retried, as a client would.
+    /// Every so often the twin "crashes": what it recovers from its log must
+    /// be exactly what it acknowledged, which must be the engine's state.
+    fn drive_twin(&mut self, step: u64) -> Result<(), String> {
+        let Some(twin) = &self.twin else { return Ok(()) };
+        for command in self.mirrored.drain(..) {
+            loop {
+                let before = twin.query(|engine| engine.accounts().cloned().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+                match twin.execute(command.clone()) {
+                    Ok(_) => break,
+                    Err(StoreError::Unavailable(_)) => {
+                        let after = twin.query(|engine| engine.accounts().cloned().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+                        if before != after {
+                            return Err(format!("a failed twin command changed state: {command:?}"));
+                        }
+                    }
+                    Err(error) => return Err(format!("the twin refused {command:?}: {error}")),
+                }
+            }
+        }
+        if step % TWIN_CRASH_EVERY_STEPS == 0 {
+            let mut recovered: Vec<AccountState> = twin.recover().accounts().cloned().collect();
+            let mut expected: Vec<AccountState> = self.engine.accounts().cloned().collect();
+            recovered.sort_by_key(|account| account.id().clone());
+            expected.sort_by_key(|account| account.id().clone());
+            if recovered != expected {
+                return Err("after a crash the twin recovered another state than the engine's".to_string());
+            }
+        }
+        Ok(())
     }
 
     fn key(&mut self) -> IdempotencyKey {
@@ -203,7 +304,7 @@ impl Simulation {
             76..=85 => self.settle(operation),
             86..=87 => {
                 *operation = "sweep".to_string();
-                let events = self.engine.advance_all(self.clock.now());
+                let events = self.advance_engine();
                 self.record(&events)
             }
             _ => {
@@ -254,7 +355,7 @@ impl Simulation {
             preview,
         };
         *operation = format!("decide {request:?}");
-        match self.engine.decide(&request, self.clock.now()) {
+        match self.decide_engine(&request) {
             Ok(outcome) => {
                 self.count(&outcome.result);
                 self.record(&outcome.events)?;
@@ -289,7 +390,7 @@ impl Simulation {
             lifetime,
         };
         *operation = format!("reserve {request:?}");
-        match self.engine.reserve(&request, self.clock.now()) {
+        match self.reserve_engine(&request) {
             Ok(outcome) => {
                 self.count(&outcome.result);
                 self.record(&outcome.events)?;
@@ -325,7 +426,7 @@ impl Simulation {
             idempotency_key: self.key(),
         };
         *operation = format!("capture by {subject} {request:?}");
-        match self.engine.capture(&subject, &request, self.clock.now()) {
+        match self.capture_engine(&subject, &request) {
             Ok(outcome) => {
                 self.reservations.swap_remove(index);
                 self.report.captures += 1;
@@ -338,9 +439,7 @@ impl Simulation {
                 self.count(&outcome.result);
                 self.record(&outcome.events)?;
                 // Replaying the capture returns the same answer and changes nothing.
-                let replay = self
-                    .engine
-                    .capture(&subject, &request, self.clock.now())
+                let replay = self.capture_engine(&subject, &request)
                     .map_err(|error| error.to_string())?;
                 if !replay.replayed || replay.result != outcome.result {
                     return Err("a replayed capture did not return the original".to_string());
@@ -366,7 +465,7 @@ impl Simulation {
             idempotency_key: self.key(),
         };
         *operation = format!("release by {subject} {request:?}");
-        match self.engine.release(&subject, &request, self.clock.now()) {
+        match self.release_engine(&subject, &request) {
             Ok(outcome) => {
                 self.report.releases += 1;
                 self.record(&outcome.events)
@@ -410,13 +509,11 @@ impl Simulation {
             idempotency_key: key,
         };
         *operation = format!("grant to {account} {request:?}");
-        match self.engine.add_grant(&account, &request, self.clock.now()) {
+        match self.grant_engine(&account, &request) {
             Ok(outcome) => {
                 self.report.grants += 1;
                 self.record(&outcome.events)?;
-                let replay = self
-                    .engine
-                    .add_grant(&account, &request, self.clock.now())
+                let replay = self.grant_engine(&account, &request)
                     .map_err(|error| error.to_string())?;
                 if !replay.replayed || !replay.events.is_empty() {
                     return Err("a replayed grant granted again".to_string());
@@ -454,11 +551,11 @@ impl Simulation {
         let (replayed, original) = match &remembered {
             Remembered::Decide(request, original) => {
                 *operation = format!("replay decide {request:?}");
-                (self.engine.decide(request, self.clock.now()), original)
+                (self.decide_engine(request), original)
             }
             Remembered::Reserve(request, original) => {
                 *operation = format!("replay reserve {request:?}");
-                (self.engine.reserve(request, self.clock.now()), original)
+                (self.reserve_engine(request), original)
             }
         };
         match replayed {
@@ -511,7 +608,7 @@ impl Simulation {
             .map_err(|error| error.to_string())?
             .clone();
         let before = self.wallet_of(&account);
-        match self.engine.decide(&changed, self.clock.now()) {
+        match self.decide_engine(&changed) {
             Err(CoreError::IdempotencyConflict(_)) => {
                 self.report.conflicts += 1;
                 if before != self.wallet_of(&account) {
@@ -537,6 +634,7 @@ impl Simulation {
         let count = (self.random.between(1, 8) as usize).min(pending.len());
         let batch: Vec<BalanceUpdate> = pending.drain(..count).collect();
         *operation = format!("settle {count} updates of {account}");
+        self.mirrored.extend(batch.iter().map(|update| Command::Settle(update.clone())));
         let state = self.engine.account_mut(&account).ok_or("unknown account")?;
         for update in &batch {
             match state.settle(update).map_err(|error| error.to_string())? {

@@ -8,15 +8,16 @@ use headroom::simulate::{SimulationConfig, run};
 const FIXED_SEEDS: [u64; 8] = [1, 2, 3, 5, 8, 13, 21, 34];
 const OPERATIONS: u64 = 20_000;
 
+fn simulate(seed: u64, operations: u64, twin: bool) {
+    if let Err(failure) = run(SimulationConfig { seed, operations, twin }) {
+        panic!("{failure}");
+    }
+}
+
 #[test]
 fn fixed_seeds_hold_every_invariant() {
     for seed in FIXED_SEEDS {
-        if let Err(failure) = run(SimulationConfig {
-            seed,
-            operations: OPERATIONS,
-        }) {
-            panic!("{failure}");
-        }
+        simulate(seed, OPERATIONS, false);
     }
 }
 
@@ -25,11 +26,15 @@ fn a_random_seed_holds_every_invariant() {
     use std::hash::{BuildHasher, RandomState};
     let seed = RandomState::new().hash_one("simulate");
     println!("random simulation seed {seed}");
-    if let Err(failure) = run(SimulationConfig {
-        seed,
-        operations: OPERATIONS,
-    }) {
-        panic!("{failure}");
+    simulate(seed, OPERATIONS, false);
+}
+
+/// The store twin under injected write and sync failures and crash-restarts
+/// ends every step in exactly the engine's state.
+#[test]
+fn the_store_twin_survives_faults_and_crashes() {
+    for seed in [1, 2, 3] {
+        simulate(seed, 3_000, true);
     }
 }
 
