@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
+
+use crate::FastMap;
 use std::sync::Arc;
 
 use crate::catalog::{Catalog, Meter, Plan, Price, Scope};
@@ -41,10 +43,7 @@ struct WindowSet {
 
 impl WindowSet {
     fn new(plan: &Plan) -> WindowSet {
-        WindowSet {
-            plan: plan.id.clone(),
-            states: vec![None; plan.windows.len()],
-        }
+        WindowSet { plan: plan.id.clone(), states: vec![None; plan.windows.len()] }
     }
 
     /// Moves to another plan, keeping the state of windows with the same id.
@@ -52,19 +51,13 @@ impl WindowSet {
         let mut states = vec![None; plan.windows.len()];
         if let Some(old_plan) = old_plan {
             for (index, spec) in plan.windows.iter().enumerate() {
-                let same = old_plan
-                    .windows
-                    .iter()
-                    .position(|old| old.id == spec.id && old.kind == spec.kind);
+                let same = old_plan.windows.iter().position(|old| old.id == spec.id && old.kind == spec.kind);
                 if let Some(old_index) = same {
                     states[index] = self.states.get_mut(old_index).and_then(Option::take);
                 }
             }
         }
-        *self = WindowSet {
-            plan: plan.id.clone(),
-            states,
-        };
+        *self = WindowSet { plan: plan.id.clone(), states };
     }
 }
 
@@ -73,6 +66,35 @@ struct SubjectState {
     /// The subject's own plan; `None`: the account's.
     plan: Option<PlanId>,
     windows: WindowSet,
+}
+
+/// The windows that apply to one request, kept inline (no allocation on the
+/// decision path): at most a plan's windows, from two plans.
+#[derive(Debug, Clone, Copy)]
+struct Applicables {
+    items: [Applicable; 2 * WINDOWS_PER_PLAN_MAX],
+    length: usize,
+}
+
+impl Default for Applicables {
+    fn default() -> Applicables {
+        let empty = Applicable { scope: Scope::Subject, meter: Meter { window: 0, weight: 0 } };
+        Applicables { items: [empty; 2 * WINDOWS_PER_PLAN_MAX], length: 0 }
+    }
+}
+
+impl Applicables {
+    fn push(&mut self, applicable: Applicable) {
+        self.items[self.length] = applicable;
+        self.length += 1;
+    }
+}
+
+impl std::ops::Deref for Applicables {
+    type Target = [Applicable];
+    fn deref(&self) -> &[Applicable] {
+        &self.items[..self.length]
+    }
 }
 
 /// A window that applies to a request: whose it is, which one, and the
@@ -112,10 +134,10 @@ pub struct AccountState {
     overdraft_override: Option<Credits>,
     /// The latest time this account has seen; a clock step back is clamped to it.
     last_seen: Timestamp,
-    subjects: HashMap<SubjectId, SubjectState>,
+    subjects: FastMap<SubjectId, SubjectState>,
     windows: WindowSet,
     wallet: Wallet,
-    reservations: HashMap<ReservationId, Reservation>,
+    reservations: FastMap<ReservationId, Reservation>,
     reservation_expiries: BTreeSet<(Timestamp, ReservationId)>,
     keys: KeyTable,
     /// Sequence of the next balance update.
@@ -141,19 +163,16 @@ impl AccountState {
         overdraft: Option<Credits>,
         now: Timestamp,
     ) -> Result<(AccountState, Vec<Event>), CoreError> {
-        let plan_spec = catalog
-            .plans
-            .get(plan)
-            .ok_or_else(|| CoreError::UnknownPlan(plan.clone()))?;
+        let plan_spec = catalog.plans.get(plan).ok_or_else(|| CoreError::UnknownPlan(plan.clone()))?;
         let mut account = AccountState {
             id,
             plan: plan.clone(),
             overdraft_override: overdraft,
             last_seen: now,
-            subjects: HashMap::new(),
+            subjects: FastMap::default(),
             windows: WindowSet::new(plan_spec),
             wallet: Wallet::default(),
-            reservations: HashMap::new(),
+            reservations: FastMap::default(),
             reservation_expiries: BTreeSet::new(),
             keys: KeyTable::default(),
             next_sequence: 1,
@@ -166,8 +185,7 @@ impl AccountState {
         let mut events = Vec::new();
         for (index, included) in plan_spec.included_grants.iter().enumerate() {
             let request = GrantRequest {
-                grant: crate::GrantId::new(&format!("{}.included.{index}", plan))
-                    .expect("plan ids are ids"),
+                grant: crate::GrantId::new(&format!("{}.included.{index}", plan)).expect("plan ids are ids"),
                 kind: included.kind,
                 credits: included.credits,
                 priority: included.priority,
@@ -175,8 +193,7 @@ impl AccountState {
                     .expires_after
                     .or(catalog.settings.default_grant_expiry)
                     .map(|after| now.saturating_add(after)),
-                idempotency_key: IdempotencyKey::new(&format!("open.{plan}.grant.{index}"))
-                    .expect("keys"),
+                idempotency_key: IdempotencyKey::new(&format!("open.{plan}.grant.{index}")).expect("keys"),
             };
             let outcome = account.add_grant(catalog, &request, now)?;
             events.extend(outcome.events);
@@ -226,10 +243,7 @@ impl AccountState {
         plan: Option<PlanId>,
     ) -> Result<(), CoreError> {
         let effective = plan.as_ref().unwrap_or(&self.plan);
-        let plan_spec = catalog
-            .plans
-            .get(effective)
-            .ok_or_else(|| CoreError::UnknownPlan(effective.clone()))?;
+        let plan_spec = catalog.plans.get(effective).ok_or_else(|| CoreError::UnknownPlan(effective.clone()))?;
         match self.subjects.get_mut(&subject) {
             Some(state) => {
                 let old_plan = catalog.plans.get(&state.windows.plan);
@@ -238,8 +252,7 @@ impl AccountState {
             }
             None => {
                 let windows = WindowSet::new(plan_spec);
-                self.subjects
-                    .insert(subject, SubjectState { plan, windows });
+                self.subjects.insert(subject, SubjectState { plan, windows });
             }
         }
         Ok(())
@@ -247,16 +260,8 @@ impl AccountState {
 
     /// Changes the account's plan and overdraft. Lowering the overdraft below
     /// what is already committed against it is refused.
-    pub fn set_plan(
-        &mut self,
-        catalog: &Catalog,
-        plan: &PlanId,
-        overdraft: Option<Credits>,
-    ) -> Result<(), CoreError> {
-        let plan_spec = catalog
-            .plans
-            .get(plan)
-            .ok_or_else(|| CoreError::UnknownPlan(plan.clone()))?;
+    pub fn set_plan(&mut self, catalog: &Catalog, plan: &PlanId, overdraft: Option<Credits>) -> Result<(), CoreError> {
+        let plan_spec = catalog.plans.get(plan).ok_or_else(|| CoreError::UnknownPlan(plan.clone()))?;
         let limit = overdraft.unwrap_or(plan_spec.overdraft);
         let overdraft_line = &self.wallet.overdraft;
         let committed = overdraft_line
@@ -271,11 +276,7 @@ impl AccountState {
         }
         let old_plan = catalog.plans.get(&self.plan);
         self.windows.switch_to(plan_spec, old_plan);
-        for subject in self
-            .subjects
-            .values_mut()
-            .filter(|subject| subject.plan.is_none())
-        {
+        for subject in self.subjects.values_mut().filter(|subject| subject.plan.is_none()) {
             subject.windows.switch_to(plan_spec, old_plan);
         }
         self.plan = plan.clone();
@@ -304,47 +305,21 @@ impl AccountState {
         {
             return replay_decision(replay);
         }
-        let price = self.validate_use(
-            catalog,
-            &request.subject,
-            &request.feature,
-            request.quantity,
-            &request.attributes,
-        )?;
+        let price =
+            self.validate_use(catalog, &request.subject, &request.feature, request.quantity, &request.attributes)?;
         let mut events = Vec::new();
         self.advance(catalog, now, &mut events);
 
         let applicable = self.applicable(catalog, &request.subject, &request.feature);
-        let window_units = self.window_cover(
-            catalog,
-            &request.subject,
-            &applicable,
-            request.quantity,
-            now,
-        );
+        let window_units = self.window_cover(catalog, &request.subject, &applicable, request.quantity, now);
         let credit_units = request.quantity - window_units;
         let id = match key {
             Some(key) => DecisionId::derive(&self.id, key, now),
-            None => DecisionId::derive(
-                &self.id,
-                &IdempotencyKey::new("preview").expect("valid"),
-                now,
-            ),
+            None => DecisionId::derive(&self.id, &IdempotencyKey::new("preview").expect("valid"), now),
         };
-        let kind = if request.preview {
-            DecisionKind::Preview
-        } else {
-            DecisionKind::Decide
-        };
-        let mut decision = self.blank_decision(
-            id,
-            kind,
-            &request.subject,
-            &request.feature,
-            request.quantity,
-            price,
-            now,
-        );
+        let kind = if request.preview { DecisionKind::Preview } else { DecisionKind::Decide };
+        let mut decision =
+            self.blank_decision(id, kind, &request.subject, &request.feature, request.quantity, price, now);
         match self.credit_cover(credit_units, price, now) {
             CreditCover::Covered(takes) => {
                 decision.allowed = true;
@@ -352,25 +327,16 @@ impl AccountState {
                 decision.credits_charged = total_credits(&takes);
                 decision.reason = reason_of(&decision.sources);
                 if !request.preview {
-                    self.consume_windows(catalog, &request.subject, &applicable, window_units, now);
+                    self.consume_windows(catalog, &request.subject, &applicable, window_units, now, |_, _| {});
                     for (line, credits) in &takes {
                         self.wallet.add_pending_debit(*line, *credits);
                     }
                     let key = key.expect("a consuming decision has a key");
-                    self.record_usage(
-                        &decision,
-                        key,
-                        window_units,
-                        Credits::ZERO,
-                        &takes,
-                        &mut events,
-                    );
+                    self.record_usage(&decision, key, window_units, Credits::ZERO, &takes, &mut events);
                 }
             }
             CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, catalog, now),
-            CreditCover::NotForSale => {
-                self.deny(&mut decision, Credits::ZERO, &applicable, catalog, now)
-            }
+            CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, catalog, now),
         }
         decision.windows = self.window_reports(catalog, &request.subject, &applicable, now);
         decision.available = self.wallet.available(now);
@@ -388,13 +354,8 @@ impl AccountState {
         if let Some(replay) = self.replay(&request.idempotency_key, fingerprint, now)? {
             return replay_decision(replay);
         }
-        let price = self.validate_use(
-            catalog,
-            &request.subject,
-            &request.feature,
-            request.quantity,
-            &request.attributes,
-        )?;
+        let price =
+            self.validate_use(catalog, &request.subject, &request.feature, request.quantity, &request.attributes)?;
         let lifetime = request.lifetime.unwrap_or(RESERVATION_LIFETIME_DEFAULT);
         if lifetime == Duration::ZERO || lifetime > RESERVATION_LIFETIME_MAX {
             return Err(CoreError::InvalidLifetime(format!(
@@ -409,13 +370,7 @@ impl AccountState {
         self.advance(catalog, now, &mut events);
 
         let applicable = self.applicable(catalog, &request.subject, &request.feature);
-        let window_units = self.window_cover(
-            catalog,
-            &request.subject,
-            &applicable,
-            request.quantity,
-            now,
-        );
+        let window_units = self.window_cover(catalog, &request.subject, &applicable, request.quantity, now);
         let id = DecisionId::derive(&self.id, &request.idempotency_key, now);
         let mut decision = self.blank_decision(
             id,
@@ -432,16 +387,15 @@ impl AccountState {
                 decision.sources = self.sources(window_units, &takes, price);
                 decision.credits_charged = total_credits(&takes);
                 decision.reason = reason_of(&decision.sources);
-                let window_holds =
-                    self.consume_windows(catalog, &request.subject, &applicable, window_units, now);
+                let mut window_holds = Vec::with_capacity(applicable.len());
+                self.consume_windows(catalog, &request.subject, &applicable, window_units, now, |applicable, hold| {
+                    window_holds.push((applicable, hold))
+                });
                 for (line, credits) in &takes {
                     self.wallet.hold(*line, *credits);
                 }
                 let expires_at = now.saturating_add(lifetime);
-                let credit_holds = takes
-                    .iter()
-                    .map(|(line, credits)| (self.wallet.source(*line), *credits))
-                    .collect();
+                let credit_holds = takes.iter().map(|(line, credits)| (self.wallet.source(*line), *credits)).collect();
                 self.reservations.insert(
                     id,
                     Reservation {
@@ -459,20 +413,11 @@ impl AccountState {
                 decision.reservation = Some(ReservationInfo { id, expires_at });
             }
             CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, catalog, now),
-            CreditCover::NotForSale => {
-                self.deny(&mut decision, Credits::ZERO, &applicable, catalog, now)
-            }
+            CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, catalog, now),
         }
         decision.windows = self.window_reports(catalog, &request.subject, &applicable, now);
         decision.available = self.wallet.available(now);
-        self.finish(
-            catalog,
-            Some(&request.idempotency_key),
-            fingerprint,
-            now,
-            decision,
-            events,
-        )
+        self.finish(catalog, Some(&request.idempotency_key), fingerprint, now, decision, events)
     }
 
     /// Settles a reservation at the actual quantity. Less than the estimate
@@ -491,10 +436,7 @@ impl AccountState {
         }
         validate_quantity(request.quantity, true)?;
         self.open_reservation(&request.reservation, now)?;
-        let reservation = self
-            .reservations
-            .get(&request.reservation)
-            .expect("checked open");
+        let reservation = self.reservations.get(&request.reservation).expect("checked open");
         price_of_units(request.quantity, reservation.price)?;
         if !self.subjects.contains_key(&reservation.subject) {
             return Err(CoreError::UnknownSubject(reservation.subject.clone()));
@@ -507,22 +449,14 @@ impl AccountState {
 
         // 1. Held window units first, returning what the actual did not use.
         let from_window_hold = actual.min(reservation.window_units);
-        self.return_window_units(
-            catalog,
-            &reservation,
-            reservation.window_units - from_window_hold,
-            now,
-        );
+        self.return_window_units(catalog, &reservation, reservation.window_units - from_window_hold, now);
         // 2. Then held credits, releasing the rest.
         let held_units = reservation.quantity - reservation.window_units;
         let from_credit_hold = (actual - from_window_hold).min(held_units);
         let mut left = price_of_units(from_credit_hold, price).expect(BOUNDED);
         let mut takes: Vec<(Line, Credits)> = Vec::new();
         for (source, held) in &reservation.credit_holds {
-            let line = self
-                .wallet
-                .line_of(source)
-                .expect("held grants are never removed");
+            let line = self.wallet.line_of(source).expect("held grants are never removed");
             let take = left.min(*held);
             left = left.checked_sub(take).expect("take <= left");
             self.wallet.unhold(line, *held);
@@ -534,32 +468,18 @@ impl AccountState {
         // 3. Anything above the estimate flows down the waterfall like a new request.
         let extra = actual - from_window_hold - from_credit_hold;
         let applicable = self.applicable(catalog, &reservation.subject, &reservation.feature);
-        let extra_window_units =
-            self.window_cover(catalog, &reservation.subject, &applicable, extra, now);
-        self.consume_windows(
-            catalog,
-            &reservation.subject,
-            &applicable,
-            extra_window_units,
-            now,
-        );
+        let extra_window_units = self.window_cover(catalog, &reservation.subject, &applicable, extra, now);
+        self.consume_windows(catalog, &reservation.subject, &applicable, extra_window_units, now, |_, _| {});
         let extra_credit_units = extra - extra_window_units;
         let wanted = price_of_units(extra_credit_units, price).expect(BOUNDED);
         let available = self.wallet.available(now).min(wanted);
-        let extra_takes = self
-            .wallet
-            .plan_takes(now, available)
-            .expect("takes at most what is available");
+        let extra_takes = self.wallet.plan_takes(now, available).expect("takes at most what is available");
         for (line, credits) in &extra_takes {
             self.wallet.add_pending_debit(*line, *credits);
         }
         merge_takes(&mut takes, extra_takes);
         let write_off = wanted.checked_sub(available).expect("available <= wanted");
-        let write_off_units_without_price = if price.is_zero() {
-            extra_credit_units
-        } else {
-            0
-        };
+        let write_off_units_without_price = if price.is_zero() { extra_credit_units } else { 0 };
 
         let window_units = from_window_hold + extra_window_units;
         let id = DecisionId::derive(&self.id, &request.idempotency_key, now);
@@ -576,37 +496,16 @@ impl AccountState {
         decision.sources = self.sources(window_units, &takes, price);
         if !write_off.is_zero() || write_off_units_without_price > 0 {
             let counted: u64 = decision.sources.iter().map(|used| used.units).sum();
-            decision.sources.push(SourceUse {
-                source: Source::WriteOff,
-                units: actual - counted,
-                credits: write_off,
-            });
+            decision.sources.push(SourceUse { source: Source::WriteOff, units: actual - counted, credits: write_off });
         }
         decision.credits_charged = total_credits(&takes);
         decision.reason = reason_of(&decision.sources);
-        decision.reservation = Some(ReservationInfo {
-            id: request.reservation,
-            expires_at: reservation.expires_at,
-        });
-        self.record_usage(
-            &decision,
-            &request.idempotency_key,
-            window_units,
-            write_off,
-            &takes,
-            &mut events,
-        );
+        decision.reservation = Some(ReservationInfo { id: request.reservation, expires_at: reservation.expires_at });
+        self.record_usage(&decision, &request.idempotency_key, window_units, write_off, &takes, &mut events);
         self.expire_grants(now, &mut events);
         decision.windows = self.window_reports(catalog, &reservation.subject, &applicable, now);
         decision.available = self.wallet.available(now);
-        self.finish(
-            catalog,
-            Some(&request.idempotency_key),
-            fingerprint,
-            now,
-            decision,
-            events,
-        )
+        self.finish(catalog, Some(&request.idempotency_key), fingerprint, now, decision, events)
     }
 
     pub fn release(
@@ -619,11 +518,7 @@ impl AccountState {
         let fingerprint = Fingerprinted::Release(request).fingerprint();
         match self.replay(&request.idempotency_key, fingerprint, now)? {
             Some(Recorded::Released(released)) => {
-                return Ok(Outcome {
-                    result: released,
-                    replayed: true,
-                    events: Vec::new(),
-                });
+                return Ok(Outcome { result: released, replayed: true, events: Vec::new() });
             }
             Some(_) => unreachable!("a fingerprint names its operation"),
             None => {}
@@ -633,18 +528,8 @@ impl AccountState {
         self.advance(catalog, now, &mut events);
         let released = self.release_reservation(catalog, &request.reservation, now, &mut events);
         let released = Arc::new(released);
-        self.remember(
-            catalog,
-            &request.idempotency_key,
-            fingerprint,
-            now,
-            Recorded::Released(released.clone()),
-        );
-        Ok(Outcome {
-            result: released,
-            replayed: false,
-            events,
-        })
+        self.remember(catalog, &request.idempotency_key, fingerprint, now, Recorded::Released(released.clone()));
+        Ok(Outcome { result: released, replayed: false, events })
     }
 
     pub fn add_grant(
@@ -657,11 +542,7 @@ impl AccountState {
         let fingerprint = Fingerprinted::Grant(request).fingerprint();
         match self.replay(&request.idempotency_key, fingerprint, now)? {
             Some(Recorded::GrantAdded(added)) => {
-                return Ok(Outcome {
-                    result: added,
-                    replayed: true,
-                    events: Vec::new(),
-                });
+                return Ok(Outcome { result: added, replayed: true, events: Vec::new() });
             }
             Some(_) => unreachable!("a fingerprint names its operation"),
             None => {}
@@ -671,20 +552,12 @@ impl AccountState {
                 "credits must be between 1 and {GRANT_MICROS_MAX} micro-credits"
             )));
         }
-        let expires_at = request.expires_at.or_else(|| {
-            catalog
-                .settings
-                .default_grant_expiry
-                .map(|after| now.saturating_add(after))
-        });
+        let expires_at =
+            request.expires_at.or_else(|| catalog.settings.default_grant_expiry.map(|after| now.saturating_add(after)));
         if expires_at.is_some_and(|expiry| expiry <= now) {
-            return Err(CoreError::InvalidGrant(
-                "expires_at must be in the future".to_string(),
-            ));
+            return Err(CoreError::InvalidGrant("expires_at must be in the future".to_string()));
         }
-        if self.wallet.grant_index(&request.grant).is_some()
-            || self.retired_grants.contains(&request.grant)
-        {
+        if self.wallet.grant_index(&request.grant).is_some() || self.retired_grants.contains(&request.grant) {
             return Err(CoreError::GrantExists(request.grant.clone()));
         }
         // Counted before advancing, which may drop spent grants: a refusal
@@ -711,9 +584,7 @@ impl AccountState {
             EventId::derive(cause, "grant", 0),
             BalanceSource::Grant(request.grant.clone()),
             delta,
-            BalanceCause::Grant {
-                idempotency_key: request.idempotency_key.clone(),
-            },
+            BalanceCause::Grant { idempotency_key: request.idempotency_key.clone() },
             now,
             &mut events,
         );
@@ -724,59 +595,34 @@ impl AccountState {
             expires_at,
             available: self.wallet.available(now),
         });
-        self.remember(
-            catalog,
-            &request.idempotency_key,
-            fingerprint,
-            now,
-            Recorded::GrantAdded(added.clone()),
-        );
-        Ok(Outcome {
-            result: added,
-            replayed: false,
-            events,
-        })
+        self.remember(catalog, &request.idempotency_key, fingerprint, now, Recorded::GrantAdded(added.clone()));
+        Ok(Outcome { result: added, replayed: false, events })
     }
 
     /// Applies one balance update to the balance of record. Idempotent:
     /// an update settled before changes nothing. Updates settle in sequence.
     pub fn settle(&mut self, update: &BalanceUpdate) -> Result<Settlement, SettleError> {
         if update.account != self.id {
-            return Err(SettleError::WrongAccount {
-                update: update.account.clone(),
-                account: self.id.clone(),
-            });
+            return Err(SettleError::WrongAccount { update: update.account.clone(), account: self.id.clone() });
         }
         if update.sequence <= self.settled_through {
             return Ok(Settlement::AlreadySettled);
         }
         if update.sequence != self.settled_through + 1 {
-            return Err(SettleError::OutOfOrder {
-                expected: self.settled_through + 1,
-                got: update.sequence,
-            });
+            return Err(SettleError::OutOfOrder { expected: self.settled_through + 1, got: update.sequence });
         }
-        let line = self
-            .wallet
-            .line_of(&update.source)
-            .ok_or(SettleError::UnknownSource(update.source.clone()))?;
+        let line = self.wallet.line_of(&update.source).ok_or(SettleError::UnknownSource(update.source.clone()))?;
         let amount = Credits::from_micros(update.delta.unsigned_abs());
         let mut write_off = Credits::ZERO;
         match (line, update.delta >= 0) {
             (Line::Grant(index), true) => {
                 let grant = &mut self.wallet.grants[index];
-                grant.pending_credit = grant
-                    .pending_credit
-                    .checked_sub(amount)
-                    .expect("settles what was pending");
+                grant.pending_credit = grant.pending_credit.checked_sub(amount).expect("settles what was pending");
                 grant.settled = grant.settled.checked_add(amount).expect(BOUNDED);
             }
             (Line::Grant(index), false) => {
                 let grant = &mut self.wallet.grants[index];
-                grant.pending_debit = grant
-                    .pending_debit
-                    .checked_sub(amount)
-                    .expect("settles what was pending");
+                grant.pending_debit = grant.pending_debit.checked_sub(amount).expect("settles what was pending");
                 // Overshoot correction: a debit never takes a grant below zero;
                 // what it could not take is recorded as written off.
                 write_off = amount.saturating_sub(grant.settled);
@@ -784,10 +630,8 @@ impl AccountState {
             }
             (Line::Overdraft, false) => {
                 let overdraft = &mut self.wallet.overdraft;
-                overdraft.pending_debit = overdraft
-                    .pending_debit
-                    .checked_sub(amount)
-                    .expect("settles what was pending");
+                overdraft.pending_debit =
+                    overdraft.pending_debit.checked_sub(amount).expect("settles what was pending");
                 let used = overdraft.settled_used.checked_add(amount).expect(BOUNDED);
                 write_off = used.saturating_sub(overdraft.limit);
                 overdraft.settled_used = used.checked_sub(write_off).expect("write_off <= used");
@@ -830,30 +674,14 @@ impl AccountState {
     }
 
     /// What a subject sees: every window of its plan and its account's, and the wallet.
-    pub fn usage(
-        &self,
-        catalog: &Catalog,
-        subject: &SubjectId,
-        now: Timestamp,
-    ) -> Result<Usage, CoreError> {
+    pub fn usage(&self, catalog: &Catalog, subject: &SubjectId, now: Timestamp) -> Result<Usage, CoreError> {
         let now = now.max(self.last_seen);
-        let state = self
-            .subjects
-            .get(subject)
-            .ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
+        let state = self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
         let mut windows = Vec::new();
-        let owners = [
-            (&state.windows, Scope::Subject),
-            (&self.windows, Scope::Account),
-        ];
+        let owners = [(&state.windows, Scope::Subject), (&self.windows, Scope::Account)];
         for (set, scope) in owners {
             let plan = &catalog.plans[&set.plan];
-            for (index, spec) in plan
-                .windows
-                .iter()
-                .enumerate()
-                .filter(|(_, spec)| spec.scope == scope)
-            {
+            for (index, spec) in plan.windows.iter().enumerate().filter(|(_, spec)| spec.scope == scope) {
                 let report = match &set.states[index] {
                     Some(window) => window.report(spec, now),
                     None => WindowState::new(spec, now).report(spec, now),
@@ -861,13 +689,7 @@ impl AccountState {
                 windows.push(report);
             }
         }
-        let grants = self
-            .wallet
-            .grants
-            .iter()
-            .filter(|grant| !grant.is_expired(now))
-            .cloned()
-            .collect();
+        let grants = self.wallet.grants.iter().filter(|grant| !grant.is_expired(now)).cloned().collect();
         Ok(Usage {
             windows,
             available: self.wallet.available(now),
@@ -881,11 +703,7 @@ impl AccountState {
     /// Every invariant that one account's state can show on its own.
     pub fn check_invariants(&self, catalog: &Catalog) -> Result<(), String> {
         self.wallet.check()?;
-        let sets = self
-            .subjects
-            .values()
-            .map(|subject| &subject.windows)
-            .chain(std::iter::once(&self.windows));
+        let sets = self.subjects.values().map(|subject| &subject.windows).chain(std::iter::once(&self.windows));
         for set in sets {
             let plan = &catalog.plans[&set.plan];
             for (spec, state) in plan.windows.iter().zip(&set.states) {
@@ -922,12 +740,7 @@ impl AccountState {
                 ));
             }
         }
-        if holds
-            .get(&BalanceSource::Overdraft)
-            .copied()
-            .unwrap_or_default()
-            != self.wallet.overdraft.held
-        {
+        if holds.get(&BalanceSource::Overdraft).copied().unwrap_or_default() != self.wallet.overdraft.held {
             return Err("overdraft holds do not match the reservations".to_string());
         }
         if self.reservations.len() != self.reservation_expiries.len() {
@@ -943,12 +756,7 @@ impl AccountState {
 
     /// The stored answer if `key` was used with the same request; a conflict
     /// if with another. Checks room for a new key.
-    fn replay(
-        &self,
-        key: &IdempotencyKey,
-        fingerprint: u128,
-        now: Timestamp,
-    ) -> Result<Option<Recorded>, CoreError> {
+    fn replay(&self, key: &IdempotencyKey, fingerprint: u128, now: Timestamp) -> Result<Option<Recorded>, CoreError> {
         match self.keys.lookup(key, fingerprint, now) {
             Lookup::Replay(recorded) => Ok(Some(recorded.clone())),
             Lookup::Conflict => Err(CoreError::IdempotencyConflict(key.clone())),
@@ -966,8 +774,7 @@ impl AccountState {
         recorded: Recorded,
     ) {
         let expires_at = now.saturating_add(catalog.settings.idempotency_retention);
-        self.keys
-            .record(key.clone(), fingerprint, expires_at, recorded);
+        self.keys.record(key.clone(), fingerprint, expires_at, recorded);
     }
 
     fn finish(
@@ -982,19 +789,9 @@ impl AccountState {
         debug_assert_eq!(decision.check(), Ok(()));
         let decision = Arc::new(decision);
         if let Some(key) = key {
-            self.remember(
-                catalog,
-                key,
-                fingerprint,
-                now,
-                Recorded::Decision(decision.clone()),
-            );
+            self.remember(catalog, key, fingerprint, now, Recorded::Decision(decision.clone()));
         }
-        Ok(Outcome {
-            result: decision,
-            replayed: false,
-            events,
-        })
+        Ok(Outcome { result: decision, replayed: false, events })
     }
 
     /// Checks a request to use a feature and returns the price of one unit.
@@ -1009,27 +806,16 @@ impl AccountState {
         if !self.subjects.contains_key(subject) {
             return Err(CoreError::UnknownSubject(subject.clone()));
         }
-        let feature_spec = catalog
-            .features
-            .get(feature)
-            .ok_or_else(|| CoreError::UnknownFeature(feature.clone()))?;
+        let feature_spec = catalog.features.get(feature).ok_or_else(|| CoreError::UnknownFeature(feature.clone()))?;
         validate_quantity(quantity, false)?;
         let price = match &feature_spec.price {
             Price::Flat(price) => *price,
-            Price::ByAttribute {
-                attribute,
-                prices,
-                default,
-            } => match attributes.get(attribute) {
-                Some(value) => {
-                    *prices
-                        .get(value)
-                        .ok_or_else(|| CoreError::UnknownAttributeValue {
-                            feature: feature.clone(),
-                            attribute: attribute.clone(),
-                            value: value.to_string(),
-                        })?
-                }
+            Price::ByAttribute { attribute, prices, default } => match attributes.get(attribute) {
+                Some(value) => *prices.get(value).ok_or_else(|| CoreError::UnknownAttributeValue {
+                    feature: feature.clone(),
+                    attribute: attribute.clone(),
+                    value: value.to_string(),
+                })?,
                 None => default.ok_or_else(|| CoreError::MissingAttribute {
                     feature: feature.clone(),
                     attribute: attribute.clone(),
@@ -1048,12 +834,8 @@ impl AccountState {
     }
 
     fn take_reservation(&mut self, id: &ReservationId) -> Reservation {
-        let reservation = self
-            .reservations
-            .remove(id)
-            .expect("the reservation is open");
-        self.reservation_expiries
-            .remove(&(reservation.expires_at, *id));
+        let reservation = self.reservations.remove(id).expect("the reservation is open");
+        self.reservation_expiries.remove(&(reservation.expires_at, *id));
         reservation
     }
 
@@ -1068,10 +850,7 @@ impl AccountState {
         self.return_window_units(catalog, &reservation, reservation.window_units, now);
         let mut credits_returned = Credits::ZERO;
         for (source, held) in &reservation.credit_holds {
-            let line = self
-                .wallet
-                .line_of(source)
-                .expect("held grants are never removed");
+            let line = self.wallet.line_of(source).expect("held grants are never removed");
             self.wallet.unhold(line, *held);
             credits_returned = credits_returned.checked_add(*held).expect(BOUNDED);
         }
@@ -1085,13 +864,7 @@ impl AccountState {
         }
     }
 
-    fn return_window_units(
-        &mut self,
-        catalog: &Catalog,
-        reservation: &Reservation,
-        units: u64,
-        now: Timestamp,
-    ) {
+    fn return_window_units(&mut self, catalog: &Catalog, reservation: &Reservation, units: u64, now: Timestamp) {
         if units == 0 {
             return;
         }
@@ -1114,20 +887,13 @@ impl AccountState {
             let lapsed = grant.available();
             let (id, source) = (grant.id.clone(), self.wallet.source(Line::Grant(index)));
             self.wallet.add_pending_debit(Line::Grant(index), lapsed);
-            let cause = crate::fingerprint::Fnv128::new()
+            let cause = crate::fingerprint::StableHash::new()
                 .field(self.id.as_str().as_bytes())
                 .field(id.as_str().as_bytes())
                 .number(self.next_sequence)
                 .finish();
             let delta = -lapsed.signed().expect(BOUNDED);
-            self.push_update(
-                EventId::derive(cause, "expiry", 0),
-                source,
-                delta,
-                BalanceCause::Expiry,
-                now,
-                events,
-            );
+            self.push_update(EventId::derive(cause, "expiry", 0), source, delta, BalanceCause::Expiry, now, events);
         }
     }
 
@@ -1142,15 +908,7 @@ impl AccountState {
     ) {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        events.push(Event::Balance(BalanceUpdate {
-            id,
-            sequence,
-            account: self.id.clone(),
-            source,
-            delta,
-            cause,
-            at,
-        }));
+        events.push(Event::Balance(BalanceUpdate { id, sequence, account: self.id.clone(), source, delta, cause, at }));
     }
 
     /// Usage, monetization and balance updates of an allowed consuming call.
@@ -1165,10 +923,7 @@ impl AccountState {
     ) {
         let usage = EventId::derive(decision.id.0, "usage", 0);
         let monetization = EventId::derive(decision.id.0, "monetization", 0);
-        let amount = decision
-            .credits_charged
-            .checked_add(write_off)
-            .expect(BOUNDED);
+        let amount = decision.credits_charged.checked_add(write_off).expect(BOUNDED);
         events.push(Event::Usage(UsageEvent {
             id: usage,
             decision: decision.id,
@@ -1192,14 +947,7 @@ impl AccountState {
             let source = self.wallet.source(*line);
             let delta = -credits.signed().expect(BOUNDED);
             let id = EventId::derive(decision.id.0, "balance", index as u64);
-            self.push_update(
-                id,
-                source,
-                delta,
-                BalanceCause::Debit { monetization },
-                decision.decided_at,
-                events,
-            );
+            self.push_update(id, source, delta, BalanceCause::Debit { monetization }, decision.decided_at, events);
         }
     }
 
@@ -1222,11 +970,7 @@ impl AccountState {
         decision.credits_short = short;
         // Waiting helps if the windows alone, once they free up, can cover
         // what the credits cannot.
-        let credit_units = if decision.price.is_zero() {
-            0
-        } else {
-            available.units_at(decision.price)
-        };
+        let credit_units = if decision.price.is_zero() { 0 } else { available.units_at(decision.price) };
         let window_need = decision.quantity - credit_units.min(decision.quantity);
         decision.retry_at = if applicable.is_empty() {
             None
@@ -1276,26 +1020,14 @@ impl AccountState {
 
     /// The windows that apply to `subject` using `feature`: the subject's own
     /// (from its plan) and the account's (from the account's plan).
-    fn applicable(
-        &self,
-        catalog: &Catalog,
-        subject: &SubjectId,
-        feature: &FeatureId,
-    ) -> Vec<Applicable> {
+    fn applicable(&self, catalog: &Catalog, subject: &SubjectId, feature: &FeatureId) -> Applicables {
         let subject_plan = self.subjects[subject].plan.as_ref().unwrap_or(&self.plan);
-        let mut applicable = Vec::new();
+        let mut applicable = Applicables::default();
         for (plan, scope) in [(subject_plan, Scope::Subject), (&self.plan, Scope::Account)] {
             let windows = &catalog.plans[plan].windows;
-            applicable.extend(
-                catalog
-                    .meters(plan, feature)
-                    .iter()
-                    .filter(|meter| windows[meter.window].scope == scope)
-                    .map(|meter| Applicable {
-                        scope,
-                        meter: *meter,
-                    }),
-            );
+            for meter in catalog.meters(plan, feature).iter().filter(|meter| windows[meter.window].scope == scope) {
+                applicable.push(Applicable { scope, meter: *meter });
+            }
         }
         applicable
     }
@@ -1310,27 +1042,12 @@ impl AccountState {
             Scope::Subject => &self.subjects[subject].windows,
             Scope::Account => &self.windows,
         };
-        (
-            set,
-            &catalog.plans[&set.plan].windows[applicable.meter.window],
-        )
+        (set, &catalog.plans[&set.plan].windows[applicable.meter.window])
     }
 
-    fn window_set_mut(
-        &mut self,
-        _catalog: &Catalog,
-        subject: &SubjectId,
-        scope: Scope,
-    ) -> (&mut WindowSet, Scope) {
+    fn window_set_mut(&mut self, _catalog: &Catalog, subject: &SubjectId, scope: Scope) -> (&mut WindowSet, Scope) {
         match scope {
-            Scope::Subject => (
-                &mut self
-                    .subjects
-                    .get_mut(subject)
-                    .expect("known subject")
-                    .windows,
-                scope,
-            ),
+            Scope::Subject => (&mut self.subjects.get_mut(subject).expect("known subject").windows, scope),
             Scope::Account => (&mut self.windows, scope),
         }
     }
@@ -1349,13 +1066,14 @@ impl AccountState {
         }
         applicable.iter().fold(quantity, |cover, applicable| {
             let (set, spec) = self.window(catalog, subject, *applicable);
-            let remaining = set.states[applicable.meter.window]
-                .as_ref()
-                .map_or(spec.capacity, |state| state.remaining(spec, now));
+            let remaining =
+                set.states[applicable.meter.window].as_ref().map_or(spec.capacity, |state| state.remaining(spec, now));
             cover.min(remaining / applicable.meter.weight)
         })
     }
 
+    /// Counts `units` in every window that applies, telling `hold` where
+    /// each window counted them (a reservation keeps that to return them).
     fn consume_windows(
         &mut self,
         catalog: &Catalog,
@@ -1363,23 +1081,17 @@ impl AccountState {
         applicable: &[Applicable],
         units: u64,
         now: Timestamp,
-    ) -> Vec<(Applicable, WindowHold)> {
+        mut hold: impl FnMut(Applicable, WindowHold),
+    ) {
         if units == 0 {
-            return Vec::new();
+            return;
         }
-        applicable
-            .iter()
-            .map(|applicable| {
-                let (set, _) = self.window_set_mut(catalog, subject, applicable.scope);
-                let spec = &catalog.plans[&set.plan].windows[applicable.meter.window];
-                let state = set.states[applicable.meter.window]
-                    .get_or_insert_with(|| WindowState::new(spec, now));
-                (
-                    *applicable,
-                    state.consume(spec, now, units * applicable.meter.weight),
-                )
-            })
-            .collect()
+        for applicable in applicable {
+            let (set, _) = self.window_set_mut(catalog, subject, applicable.scope);
+            let spec = &catalog.plans[&set.plan].windows[applicable.meter.window];
+            let state = set.states[applicable.meter.window].get_or_insert_with(|| WindowState::new(spec, now));
+            hold(*applicable, state.consume(spec, now, units * applicable.meter.weight));
+        }
     }
 
     fn credit_cover(&self, units: u64, price: Credits, now: Timestamp) -> CreditCover {
@@ -1389,10 +1101,7 @@ impl AccountState {
         if price.is_zero() {
             return CreditCover::NotForSale;
         }
-        match self
-            .wallet
-            .plan_takes(now, price_of_units(units, price).expect(BOUNDED))
-        {
+        match self.wallet.plan_takes(now, price_of_units(units, price).expect(BOUNDED)) {
             Ok(takes) => CreditCover::Covered(takes),
             Err(short) => CreditCover::Short(short),
         }
@@ -1401,19 +1110,10 @@ impl AccountState {
     /// Sources of an allow. Units per credit line split the credit units by
     /// cumulative credits, so that they sum exactly even when one unit's
     /// price spans two grants.
-    fn sources(
-        &self,
-        window_units: u64,
-        takes: &[(Line, Credits)],
-        price: Credits,
-    ) -> Vec<SourceUse> {
+    fn sources(&self, window_units: u64, takes: &[(Line, Credits)], price: Credits) -> Vec<SourceUse> {
         let mut sources = Vec::with_capacity(takes.len() + 1);
         if window_units > 0 {
-            sources.push(SourceUse {
-                source: Source::Windows,
-                units: window_units,
-                credits: Credits::ZERO,
-            });
+            sources.push(SourceUse { source: Source::Windows, units: window_units, credits: Credits::ZERO });
         }
         let mut cumulative = Credits::ZERO;
         for (line, credits) in takes {
@@ -1422,18 +1122,11 @@ impl AccountState {
             let source = match line {
                 Line::Grant(index) => {
                     let grant = &self.wallet.grants[*index];
-                    Source::Grant {
-                        grant: grant.id.clone(),
-                        kind: grant.kind,
-                    }
+                    Source::Grant { grant: grant.id.clone(), kind: grant.kind }
                 }
                 Line::Overdraft => Source::Overdraft,
             };
-            sources.push(SourceUse {
-                source,
-                units: cumulative.units_at(price) - before,
-                credits: *credits,
-            });
+            sources.push(SourceUse { source, units: cumulative.units_at(price) - before, credits: *credits });
         }
         sources
     }
@@ -1476,14 +1169,8 @@ pub enum Settlement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettleError {
     UnknownAccount(AccountId),
-    WrongAccount {
-        update: AccountId,
-        account: AccountId,
-    },
-    OutOfOrder {
-        expected: u64,
-        got: u64,
-    },
+    WrongAccount { update: AccountId, account: AccountId },
+    OutOfOrder { expected: u64, got: u64 },
     UnknownSource(BalanceSource),
 }
 
@@ -1494,16 +1181,10 @@ impl std::fmt::Display for SettleError {
                 write!(f, "balance update of unknown account {account}")
             }
             SettleError::WrongAccount { update, account } => {
-                write!(
-                    f,
-                    "balance update of account {update} applied to account {account}"
-                )
+                write!(f, "balance update of account {update} applied to account {account}")
             }
             SettleError::OutOfOrder { expected, got } => {
-                write!(
-                    f,
-                    "balance update {got} settled out of order: expected {expected}"
-                )
+                write!(f, "balance update {got} settled out of order: expected {expected}")
             }
             SettleError::UnknownSource(source) => {
                 write!(f, "balance update for unknown source {source:?}")
@@ -1516,27 +1197,17 @@ impl std::error::Error for SettleError {}
 
 fn replay_decision(recorded: Recorded) -> Result<Outcome<Decision>, CoreError> {
     match recorded {
-        Recorded::Decision(decision) => Ok(Outcome {
-            result: decision,
-            replayed: true,
-            events: Vec::new(),
-        }),
+        Recorded::Decision(decision) => Ok(Outcome { result: decision, replayed: true, events: Vec::new() }),
         _ => unreachable!("a fingerprint names its operation"),
     }
 }
 
 fn validate_quantity(quantity: u64, zero_allowed: bool) -> Result<(), CoreError> {
     if quantity == 0 && !zero_allowed {
-        return Err(CoreError::InvalidQuantity {
-            quantity,
-            reason: "must be at least 1".to_string(),
-        });
+        return Err(CoreError::InvalidQuantity { quantity, reason: "must be at least 1".to_string() });
     }
     if quantity > QUANTITY_MAX {
-        return Err(CoreError::InvalidQuantity {
-            quantity,
-            reason: format!("must be at most {QUANTITY_MAX}"),
-        });
+        return Err(CoreError::InvalidQuantity { quantity, reason: format!("must be at most {QUANTITY_MAX}") });
     }
     Ok(())
 }
@@ -1546,17 +1217,13 @@ fn price_of_units(units: u64, price: Credits) -> Result<Credits, CoreError> {
         Ok(credits) if credits.micros() <= CHARGE_MICROS_MAX => Ok(credits),
         _ => Err(CoreError::InvalidQuantity {
             quantity: units,
-            reason: format!(
-                "costs more than the largest charge, {CHARGE_MICROS_MAX} micro-credits"
-            ),
+            reason: format!("costs more than the largest charge, {CHARGE_MICROS_MAX} micro-credits"),
         }),
     }
 }
 
 fn total_credits(takes: &[(Line, Credits)]) -> Credits {
-    takes.iter().fold(Credits::ZERO, |sum, (_, credits)| {
-        sum.checked_add(*credits).expect(BOUNDED)
-    })
+    takes.iter().fold(Credits::ZERO, |sum, (_, credits)| sum.checked_add(*credits).expect(BOUNDED))
 }
 
 fn merge_takes(takes: &mut Vec<(Line, Credits)>, more: Vec<(Line, Credits)>) {
@@ -1570,9 +1237,7 @@ fn merge_takes(takes: &mut Vec<(Line, Credits)>, more: Vec<(Line, Credits)>) {
 
 fn reason_of(sources: &[SourceUse]) -> Reason {
     let windows = sources.iter().any(|used| used.source == Source::Windows);
-    let credits = sources
-        .iter()
-        .any(|used| matches!(used.source, Source::Grant { .. } | Source::Overdraft));
+    let credits = sources.iter().any(|used| matches!(used.source, Source::Grant { .. } | Source::Overdraft));
     if sources.iter().any(|used| used.source == Source::WriteOff) {
         Reason::PartlyWrittenOff
     } else if windows && credits {

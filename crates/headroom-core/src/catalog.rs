@@ -161,11 +161,9 @@ impl Catalog {
             for (window, spec) in plan.windows.iter().enumerate() {
                 let weights: Vec<(FeatureId, u64)> = match &spec.metered {
                     Metered::Feature(feature) => vec![(feature.clone(), 1)],
-                    Metered::Group(group) => groups[group]
-                        .weights
-                        .iter()
-                        .map(|(feature, weight)| (feature.clone(), *weight))
-                        .collect(),
+                    Metered::Group(group) => {
+                        groups[group].weights.iter().map(|(feature, weight)| (feature.clone(), *weight)).collect()
+                    }
                 };
                 for (feature, weight) in weights {
                     meters
@@ -177,14 +175,7 @@ impl Catalog {
                 }
             }
         }
-        Catalog {
-            features,
-            groups,
-            plans,
-            settings,
-            meters,
-            source: std::sync::Arc::from(""),
-        }
+        Catalog { features, groups, plans, settings, meters, source: std::sync::Arc::from("") }
     }
 
     /// The windows of `plan` that meter `feature`, in the plan's order.

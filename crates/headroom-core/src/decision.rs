@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::GrantKind;
-use crate::fingerprint::Fnv128;
+use crate::fingerprint::StableHash;
 use crate::ids::{FeatureId, GrantId, IdempotencyKey, SubjectId};
 use crate::limits::{ATTRIBUTE_LENGTH_MAX, ATTRIBUTES_MAX};
 use crate::money::Credits;
@@ -24,7 +24,7 @@ pub type ReservationId = DecisionId;
 impl DecisionId {
     pub fn derive(account: &crate::AccountId, key: &IdempotencyKey, at: Timestamp) -> DecisionId {
         DecisionId(
-            Fnv128::new()
+            StableHash::new()
                 .field(account.as_str().as_bytes())
                 .field(key.as_str().as_bytes())
                 .number(at.millis())
@@ -34,11 +34,7 @@ impl DecisionId {
 
     /// Parses the 32 lowercase hexadecimal digits that `Display` prints.
     pub fn parse(text: &str) -> Option<DecisionId> {
-        if text.len() != 32
-            || !text
-                .bytes()
-                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if text.len() != 32 || !text.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')) {
             return None;
         }
         u128::from_str_radix(text, 16).ok().map(DecisionId)
@@ -64,21 +60,14 @@ pub struct Attributes(Vec<(String, String)>);
 impl Attributes {
     pub fn new(mut pairs: Vec<(String, String)>) -> Result<Attributes, String> {
         if pairs.len() > ATTRIBUTES_MAX {
-            return Err(format!(
-                "has {} attributes, at most {ATTRIBUTES_MAX} are allowed",
-                pairs.len()
-            ));
+            return Err(format!("has {} attributes, at most {ATTRIBUTES_MAX} are allowed", pairs.len()));
         }
         for (name, value) in &pairs {
             if name.is_empty() || name.len() > ATTRIBUTE_LENGTH_MAX {
-                return Err(format!(
-                    "attribute name {name:?} must be 1 to {ATTRIBUTE_LENGTH_MAX} bytes"
-                ));
+                return Err(format!("attribute name {name:?} must be 1 to {ATTRIBUTE_LENGTH_MAX} bytes"));
             }
             if value.len() > ATTRIBUTE_LENGTH_MAX {
-                return Err(format!(
-                    "attribute {name:?} is longer than {ATTRIBUTE_LENGTH_MAX} bytes"
-                ));
+                return Err(format!("attribute {name:?} is longer than {ATTRIBUTE_LENGTH_MAX} bytes"));
             }
         }
         pairs.sort();
@@ -89,22 +78,17 @@ impl Attributes {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     pub fn pairs(&self) -> &[(String, String)] {
         &self.0
     }
 
-    fn hash_into(&self, hash: Fnv128) -> Fnv128 {
-        self.0
-            .iter()
-            .fold(hash.number(self.0.len() as u64), |hash, (name, value)| {
-                hash.field(name.as_bytes()).field(value.as_bytes())
-            })
+    fn hash_into(&self, hash: StableHash) -> StableHash {
+        self.0.iter().fold(hash.number(self.0.len() as u64), |hash, (name, value)| {
+            hash.field(name.as_bytes()).field(value.as_bytes())
+        })
     }
 }
 
@@ -171,7 +155,7 @@ pub(crate) enum Fingerprinted<'a> {
 
 impl Fingerprinted<'_> {
     pub(crate) fn fingerprint(&self) -> u128 {
-        let hash = Fnv128::new();
+        let hash = StableHash::new();
         match self {
             Fingerprinted::Decide(request) => request
                 .attributes
@@ -191,13 +175,10 @@ impl Fingerprinted<'_> {
                         .number(request.quantity),
                 )
                 .number(request.lifetime.map_or(u64::MAX, Duration::millis)),
-            Fingerprinted::Capture(request) => hash
-                .number(3)
-                .bytes(&request.reservation.0.to_le_bytes())
-                .number(request.quantity),
-            Fingerprinted::Release(request) => {
-                hash.number(4).bytes(&request.reservation.0.to_le_bytes())
+            Fingerprinted::Capture(request) => {
+                hash.number(3).bytes(&request.reservation.0.to_le_bytes()).number(request.quantity)
             }
+            Fingerprinted::Release(request) => hash.number(4).bytes(&request.reservation.0.to_le_bytes()),
             Fingerprinted::Grant(request) => hash
                 .number(5)
                 .field(request.grant.as_str().as_bytes())
@@ -317,35 +298,19 @@ impl Decision {
     }
 
     pub fn units_from(&self, predicate: impl Fn(&Source) -> bool) -> u64 {
-        self.sources
-            .iter()
-            .filter(|used| predicate(&used.source))
-            .map(|used| used.units)
-            .sum()
+        self.sources.iter().filter(|used| predicate(&used.source)).map(|used| used.units).sum()
     }
 
     /// Invariant 7: a deny has a deny reason; an allow's sources sum to the quantity.
     pub fn check(&self) -> Result<(), String> {
         let units: u64 = self.sources.iter().map(|used| used.units).sum();
-        let credits = self
-            .sources
-            .iter()
-            .try_fold(Credits::ZERO, |sum, used| sum.checked_add(used.credits));
-        let deny_reason = matches!(
-            self.reason,
-            Reason::LimitReached | Reason::InsufficientCredits
-        );
+        let credits = self.sources.iter().try_fold(Credits::ZERO, |sum, used| sum.checked_add(used.credits));
+        let deny_reason = matches!(self.reason, Reason::LimitReached | Reason::InsufficientCredits);
         if self.allowed == deny_reason {
-            return Err(format!(
-                "decision {}: allowed={} with reason {}",
-                self.id, self.allowed, self.reason
-            ));
+            return Err(format!("decision {}: allowed={} with reason {}", self.id, self.allowed, self.reason));
         }
         if self.allowed && units != self.quantity {
-            return Err(format!(
-                "decision {}: sources cover {units} of {} units",
-                self.id, self.quantity
-            ));
+            return Err(format!("decision {}: sources cover {units} of {} units", self.id, self.quantity));
         }
         if !self.allowed && (!self.sources.is_empty() || !self.credits_charged.is_zero()) {
             return Err(format!("decision {}: a deny consumed something", self.id));
@@ -355,13 +320,9 @@ impl Decision {
             .iter()
             .filter(|used| used.source == Source::WriteOff)
             .try_fold(Credits::ZERO, |sum, used| sum.checked_add(used.credits));
-        let charged =
-            credits.and_then(|sum| write_off.and_then(|write_off| sum.checked_sub(write_off)));
+        let charged = credits.and_then(|sum| write_off.and_then(|write_off| sum.checked_sub(write_off)));
         if charged != Ok(self.credits_charged) {
-            return Err(format!(
-                "decision {}: sources' credits do not sum to the charge",
-                self.id
-            ));
+            return Err(format!("decision {}: sources' credits do not sum to the charge", self.id));
         }
         Ok(())
     }

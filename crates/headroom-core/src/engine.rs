@@ -2,7 +2,7 @@
 //! account of a subject and runs the operation on it. The stores wrap this
 //! with durability; the simulator and the benchmarks drive it directly.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Arc;
 
 use crate::account::{AccountState, Outcome, SettleError, Settlement};
@@ -17,17 +17,13 @@ use crate::time::Timestamp;
 #[derive(Debug, Clone)]
 pub struct Engine {
     catalog: Arc<Catalog>,
-    accounts: HashMap<AccountId, AccountState>,
-    subjects: HashMap<SubjectId, AccountId>,
+    accounts: FastMap<AccountId, AccountState>,
+    subjects: FastMap<SubjectId, AccountId>,
 }
 
 impl Engine {
     pub fn new(catalog: Arc<Catalog>) -> Engine {
-        Engine {
-            catalog,
-            accounts: HashMap::new(),
-            subjects: HashMap::new(),
-        }
+        Engine { catalog, accounts: FastMap::default(), subjects: FastMap::default() }
     }
 
     /// Rebuilds an engine from account states (a snapshot), with the subject index.
@@ -35,9 +31,7 @@ impl Engine {
         let mut engine = Engine::new(catalog);
         for account in accounts {
             for subject in account.subjects() {
-                engine
-                    .subjects
-                    .insert(subject.clone(), account.id().clone());
+                engine.subjects.insert(subject.clone(), account.id().clone());
             }
             engine.accounts.insert(account.id().clone(), account);
         }
@@ -58,8 +52,7 @@ impl Engine {
         if self.accounts.contains_key(&id) {
             return Err(CoreError::AccountExists(id));
         }
-        let (account, events) =
-            AccountState::open(&self.catalog, id.clone(), plan, overdraft, now)?;
+        let (account, events) = AccountState::open(&self.catalog, id.clone(), plan, overdraft, now)?;
         self.accounts.insert(id, account);
         Ok(events)
     }
@@ -73,15 +66,9 @@ impl Engine {
         if let Some(existing) = self.subjects.get(&subject)
             && existing != account
         {
-            return Err(CoreError::SubjectInOtherAccount {
-                subject,
-                account: existing.clone(),
-            });
+            return Err(CoreError::SubjectInOtherAccount { subject, account: existing.clone() });
         }
-        let state = self
-            .accounts
-            .get_mut(account)
-            .ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
         state.put_subject(&self.catalog, subject.clone(), plan)?;
         self.subjects.insert(subject, account.clone());
         Ok(())
@@ -100,40 +87,23 @@ impl Engine {
     }
 
     pub fn account_of(&self, subject: &SubjectId) -> Result<&AccountId, CoreError> {
-        self.subjects
-            .get(subject)
-            .ok_or_else(|| CoreError::UnknownSubject(subject.clone()))
+        self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))
     }
 
-    fn subject_account(&mut self, subject: &SubjectId) -> Result<&mut AccountState, CoreError> {
-        let account = self
-            .subjects
-            .get(subject)
-            .ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
-        Ok(self
-            .accounts
-            .get_mut(account)
-            .expect("every subject's account exists"))
+    /// The catalog and the account of `subject`, borrowed apart.
+    fn subject_account(&mut self, subject: &SubjectId) -> Result<(&Catalog, &mut AccountState), CoreError> {
+        let account = self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
+        Ok((&self.catalog, self.accounts.get_mut(account).expect("every subject's account exists")))
     }
 
-    pub fn decide(
-        &mut self,
-        request: &DecisionRequest,
-        now: Timestamp,
-    ) -> Result<Outcome<Decision>, CoreError> {
-        let catalog = self.catalog.clone();
-        self.subject_account(&request.subject)?
-            .decide(&catalog, request, now)
+    pub fn decide(&mut self, request: &DecisionRequest, now: Timestamp) -> Result<Outcome<Decision>, CoreError> {
+        let (catalog, account) = self.subject_account(&request.subject)?;
+        account.decide(catalog, request, now)
     }
 
-    pub fn reserve(
-        &mut self,
-        request: &ReserveRequest,
-        now: Timestamp,
-    ) -> Result<Outcome<Decision>, CoreError> {
-        let catalog = self.catalog.clone();
-        self.subject_account(&request.subject)?
-            .reserve(&catalog, request, now)
+    pub fn reserve(&mut self, request: &ReserveRequest, now: Timestamp) -> Result<Outcome<Decision>, CoreError> {
+        let (catalog, account) = self.subject_account(&request.subject)?;
+        account.reserve(catalog, request, now)
     }
 
     /// Captures a reservation of `subject`'s account.
@@ -143,9 +113,8 @@ impl Engine {
         request: &CaptureRequest,
         now: Timestamp,
     ) -> Result<Outcome<Decision>, CoreError> {
-        let catalog = self.catalog.clone();
-        self.subject_account(subject)?
-            .capture(&catalog, request, now)
+        let (catalog, account) = self.subject_account(subject)?;
+        account.capture(catalog, request, now)
     }
 
     pub fn release(
@@ -154,9 +123,8 @@ impl Engine {
         request: &ReleaseRequest,
         now: Timestamp,
     ) -> Result<Outcome<Released>, CoreError> {
-        let catalog = self.catalog.clone();
-        self.subject_account(subject)?
-            .release(&catalog, request, now)
+        let (catalog, account) = self.subject_account(subject)?;
+        account.release(catalog, request, now)
     }
 
     pub fn add_grant(
@@ -166,10 +134,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Outcome<GrantAdded>, CoreError> {
         let catalog = self.catalog.clone();
-        let state = self
-            .accounts
-            .get_mut(account)
-            .ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
         state.add_grant(&catalog, request, now)
     }
 
@@ -179,10 +144,7 @@ impl Engine {
         plan: &PlanId,
         overdraft: Option<Credits>,
     ) -> Result<(), CoreError> {
-        let state = self
-            .accounts
-            .get_mut(account)
-            .ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
         state.set_plan(&self.catalog, plan, overdraft)
     }
 
@@ -196,8 +158,13 @@ impl Engine {
 
     /// Moves every account to `now` (expiring reservations and grants).
     pub fn advance_all(&mut self, now: Timestamp) -> Vec<Event> {
+        // In id order: the hash map's order differs from run to run, and a
+        // replay must record the same events in the same order.
+        let mut ids: Vec<AccountId> = self.accounts.keys().cloned().collect();
+        ids.sort();
         let mut events = Vec::new();
-        for account in self.accounts.values_mut() {
+        for id in ids {
+            let account = self.accounts.get_mut(&id).expect("listed above");
             account.advance(&self.catalog, now, &mut events);
         }
         events

@@ -47,10 +47,7 @@ pub enum CoreError {
 impl CoreError {
     /// Whether the same call can succeed later without being changed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            CoreError::IdempotencyCapacity | CoreError::TooManyReservations
-        )
+        matches!(self, CoreError::IdempotencyCapacity | CoreError::TooManyReservations)
     }
 }
 
@@ -71,39 +68,22 @@ impl fmt::Display for CoreError {
             }
             CoreError::InvalidAttributes(reason) => write!(f, "attributes: {reason}"),
             CoreError::MissingAttribute { feature, attribute } => {
-                write!(
-                    f,
-                    "feature {feature} is priced by attribute {attribute:?}, which the request lacks"
-                )
+                write!(f, "feature {feature} is priced by attribute {attribute:?}, which the request lacks")
             }
-            CoreError::UnknownAttributeValue {
-                feature,
-                attribute,
-                value,
-            } => {
-                write!(
-                    f,
-                    "feature {feature} has no price for {attribute} = {value:?}"
-                )
+            CoreError::UnknownAttributeValue { feature, attribute, value } => {
+                write!(f, "feature {feature} has no price for {attribute} = {value:?}")
             }
             CoreError::InvalidLifetime(reason) => write!(f, "lifetime {reason}"),
             CoreError::InvalidGrant(reason) => write!(f, "grant: {reason}"),
             CoreError::IdempotencyKeyRequired => write!(f, "an idempotency key is required"),
             CoreError::IdempotencyConflict(key) => {
-                write!(
-                    f,
-                    "idempotency key {key:?} was used with a different request"
-                )
+                write!(f, "idempotency key {key:?} was used with a different request")
             }
             CoreError::IdempotencyCapacity => {
                 write!(f, "too many idempotency keys retained; retry later")
             }
             CoreError::TooManyGrants => {
-                write!(
-                    f,
-                    "the wallet holds {} grants, the most allowed",
-                    crate::limits::GRANTS_PER_ACCOUNT_MAX
-                )
+                write!(f, "the wallet holds {} grants, the most allowed", crate::limits::GRANTS_PER_ACCOUNT_MAX)
             }
             CoreError::TooManyReservations => write!(
                 f,

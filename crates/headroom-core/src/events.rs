@@ -3,7 +3,7 @@
 //! that producing the same events twice yields the same ids.
 
 use crate::decision::DecisionId;
-use crate::fingerprint::Fnv128;
+use crate::fingerprint::StableHash;
 use crate::ids::{AccountId, FeatureId, GrantId, IdempotencyKey, SubjectId};
 use crate::money::Credits;
 use crate::time::Timestamp;
@@ -15,13 +15,7 @@ pub struct EventId(pub u128);
 
 impl EventId {
     pub fn derive(cause: u128, tag: &str, index: u64) -> EventId {
-        EventId(
-            Fnv128::new()
-                .bytes(&cause.to_le_bytes())
-                .field(tag.as_bytes())
-                .number(index)
-                .finish(),
-        )
+        EventId(StableHash::new().bytes(&cause.to_le_bytes()).field(tag.as_bytes()).number(index).finish())
     }
 }
 

@@ -12,12 +12,8 @@ pub enum GrantKind {
 }
 
 impl GrantKind {
-    pub const ALL: [GrantKind; 4] = [
-        GrantKind::FreeTier,
-        GrantKind::Promotion,
-        GrantKind::Entitlement,
-        GrantKind::Purchase,
-    ];
+    pub const ALL: [GrantKind; 4] =
+        [GrantKind::FreeTier, GrantKind::Promotion, GrantKind::Entitlement, GrantKind::Purchase];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,9 +25,7 @@ impl GrantKind {
     }
 
     pub fn parse(text: &str) -> Option<GrantKind> {
-        GrantKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+        GrantKind::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 

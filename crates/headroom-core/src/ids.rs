@@ -22,10 +22,7 @@ impl fmt::Display for IdError {
             IdError::TooLong { length, max } => {
                 write!(f, "is {length} bytes long, at most {max} are allowed")
             }
-            IdError::InvalidCharacter {
-                character,
-                position,
-            } => write!(
+            IdError::InvalidCharacter { character, position } => write!(
                 f,
                 "has the invalid character {character:?} at position {position} \
                  (allowed: letters, digits and . _ - : @)"
@@ -52,19 +49,10 @@ fn check(text: &str, length_max: usize, allowed: fn(char) -> bool) -> Result<(),
         return Err(IdError::Empty);
     }
     if text.len() > length_max {
-        return Err(IdError::TooLong {
-            length: text.len(),
-            max: length_max,
-        });
+        return Err(IdError::TooLong { length: text.len(), max: length_max });
     }
-    match text
-        .char_indices()
-        .find(|(_, character)| !allowed(*character))
-    {
-        Some((position, character)) => Err(IdError::InvalidCharacter {
-            character,
-            position,
-        }),
+    match text.char_indices().find(|(_, character)| !allowed(*character)) {
+        Some((position, character)) => Err(IdError::InvalidCharacter { character, position }),
         None => Ok(()),
     }
 }
@@ -168,18 +156,9 @@ mod tests {
     fn ids_parse_on_construction() {
         assert!(SubjectId::new("user-42@acme").is_ok());
         assert_eq!(SubjectId::new(""), Err(IdError::Empty));
-        assert_eq!(
-            FeatureId::new("codex task"),
-            Err(IdError::InvalidCharacter {
-                character: ' ',
-                position: 5
-            })
-        );
+        assert_eq!(FeatureId::new("codex task"), Err(IdError::InvalidCharacter { character: ' ', position: 5 }));
         let long = "a".repeat(ID_LENGTH_MAX + 1);
-        assert!(matches!(
-            AccountId::new(&long),
-            Err(IdError::TooLong { .. })
-        ));
+        assert!(matches!(AccountId::new(&long), Err(IdError::TooLong { .. })));
         assert!(IdempotencyKey::new("req/2026-11-25#1").is_ok());
         assert!(IdempotencyKey::new("has space").is_err());
     }

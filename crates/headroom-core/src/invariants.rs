@@ -37,10 +37,7 @@ impl EventAudit {
             Event::Usage(usage) => {
                 self.usage_events += 1;
                 if usage.window_units > usage.quantity {
-                    return Err(format!(
-                        "usage {}: windows covered more than the quantity",
-                        usage.id
-                    ));
+                    return Err(format!("usage {}: windows covered more than the quantity", usage.id));
                 }
                 self.usage.insert(usage.id, None);
             }
@@ -48,10 +45,7 @@ impl EventAudit {
                 self.monetization_events += 1;
                 match self.usage.get_mut(&monetization.usage) {
                     None => {
-                        return Err(format!(
-                            "monetization {} names unknown usage",
-                            monetization.id
-                        ));
+                        return Err(format!("monetization {} names unknown usage", monetization.id));
                     }
                     Some(Some(other)) => {
                         return Err(format!(
@@ -62,22 +56,15 @@ impl EventAudit {
                     Some(link) => *link = Some(monetization.id),
                 }
                 if monetization.write_off > monetization.amount {
-                    return Err(format!(
-                        "monetization {}: write-off above the amount",
-                        monetization.id
-                    ));
+                    return Err(format!("monetization {}: write-off above the amount", monetization.id));
                 }
-                let owed = i128::from(monetization.amount.micros())
-                    - i128::from(monetization.write_off.micros());
+                let owed = i128::from(monetization.amount.micros()) - i128::from(monetization.write_off.micros());
                 self.monetization.insert(monetization.id, (owed, 0));
             }
             Event::Correction(correction) => {
                 self.corrections += 1;
                 if !self.ids.contains(&correction.update) {
-                    return Err(format!(
-                        "correction {} names an unknown balance update",
-                        correction.id
-                    ));
+                    return Err(format!("correction {} names an unknown balance update", correction.id));
                 }
             }
             Event::Balance(update) => {
@@ -96,10 +83,7 @@ impl EventAudit {
                             return Err(format!("debit {} adds credits", update.id));
                         }
                         let Some((_, debited)) = self.monetization.get_mut(monetization) else {
-                            return Err(format!(
-                                "balance update {} names unknown monetization",
-                                update.id
-                            ));
+                            return Err(format!("balance update {} names unknown monetization", update.id));
                         };
                         *debited -= i128::from(update.delta);
                     }
@@ -130,14 +114,8 @@ impl EventAudit {
         if let Some((usage, _)) = self.usage.iter().find(|(_, link)| link.is_none()) {
             return Err(format!("usage {usage} has no monetization event"));
         }
-        if let Some((id, (owed, debited))) = self
-            .monetization
-            .iter()
-            .find(|(_, (owed, debited))| owed != debited)
-        {
-            return Err(format!(
-                "monetization {id}: balance updates sum to {debited}, expected {owed}"
-            ));
+        if let Some((id, (owed, debited))) = self.monetization.iter().find(|(_, (owed, debited))| owed != debited) {
+            return Err(format!("monetization {id}: balance updates sum to {debited}, expected {owed}"));
         }
         Ok(())
     }

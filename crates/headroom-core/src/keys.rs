@@ -3,7 +3,9 @@
 //! events of the answer were recorded when it was given.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 
 use crate::decision::Recorded;
 use crate::ids::IdempotencyKey;
@@ -19,7 +21,7 @@ struct KeyRecord {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyTable {
-    records: HashMap<IdempotencyKey, KeyRecord>,
+    records: FastMap<IdempotencyKey, KeyRecord>,
     /// Keys in the order they expire (retention is fixed, time only moves on).
     expiries: VecDeque<(Timestamp, IdempotencyKey)>,
 }
@@ -46,30 +48,13 @@ impl KeyTable {
 
     /// Whether a new key fits, counting the keys that have expired by `now`.
     pub fn has_room(&self, now: Timestamp) -> bool {
-        let expired = self
-            .expiries
-            .iter()
-            .take_while(|(expiry, _)| *expiry <= now)
-            .count();
+        let expired = self.expiries.iter().take_while(|(expiry, _)| *expiry <= now).count();
         self.records.len() - expired.min(self.records.len()) < IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX
     }
 
-    pub fn record(
-        &mut self,
-        key: IdempotencyKey,
-        fingerprint: u128,
-        expires_at: Timestamp,
-        recorded: Recorded,
-    ) {
+    pub fn record(&mut self, key: IdempotencyKey, fingerprint: u128, expires_at: Timestamp, recorded: Recorded) {
         self.expiries.push_back((expires_at, key.clone()));
-        self.records.insert(
-            key,
-            KeyRecord {
-                fingerprint,
-                expires_at,
-                recorded,
-            },
-        );
+        self.records.insert(key, KeyRecord { fingerprint, expires_at, recorded });
     }
 
     /// Forgets the keys whose retention ended by `now`.
@@ -80,11 +65,7 @@ impl KeyTable {
             }
             let (expiry, key) = self.expiries.pop_front().expect("front exists");
             // A key reused after it expired has a newer record: keep that one.
-            if self
-                .records
-                .get(&key)
-                .is_some_and(|record| record.expires_at == expiry)
-            {
+            if self.records.get(&key).is_some_and(|record| record.expires_at == expiry) {
                 self.records.remove(&key);
             }
         }

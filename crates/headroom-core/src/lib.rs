@@ -20,6 +20,10 @@ pub mod time;
 pub mod wallet;
 pub mod window;
 
+/// The hash map of the core's state: foldhash, fast on short string keys and
+/// seeded per process, so that client-chosen keys cannot aim at one bucket.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use account::{AccountState, Outcome, SettleError, Settlement, Usage};
 pub use catalog::Catalog;
 pub use decision::*;

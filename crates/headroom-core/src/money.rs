@@ -72,12 +72,7 @@ impl Credits {
 impl fmt::Display for Credits {
     /// Whole credits with six decimals: `12.500000`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{:06}",
-            self.0 / MICROS_PER_CREDIT,
-            self.0 % MICROS_PER_CREDIT
-        )
+        write!(f, "{}.{:06}", self.0 / MICROS_PER_CREDIT, self.0 % MICROS_PER_CREDIT)
     }
 }
 
@@ -95,19 +90,10 @@ mod tests {
     fn arithmetic_is_checked() {
         let max = Credits::from_micros(u64::MAX);
         assert_eq!(max.checked_add(Credits::from_micros(1)), Err(Overflow));
-        assert_eq!(
-            Credits::ZERO.checked_sub(Credits::from_micros(1)),
-            Err(Overflow)
-        );
+        assert_eq!(Credits::ZERO.checked_sub(Credits::from_micros(1)), Err(Overflow));
         assert_eq!(max.checked_mul(2), Err(Overflow));
-        assert_eq!(
-            Credits::from_micros(7).checked_mul(3),
-            Ok(Credits::from_micros(21))
-        );
-        assert_eq!(
-            Credits::from_micros(10).units_at(Credits::from_micros(3)),
-            3
-        );
+        assert_eq!(Credits::from_micros(7).checked_mul(3), Ok(Credits::from_micros(21)));
+        assert_eq!(Credits::from_micros(10).units_at(Credits::from_micros(3)), 3);
         assert_eq!(Credits::from_micros(10).units_at(Credits::ZERO), u64::MAX);
         assert_eq!(Credits::from_micros(12_500_000).to_string(), "12.500000");
     }

@@ -81,10 +81,7 @@ impl fmt::Display for Timestamp {
         let (year, month, day) = civil_from_days(days);
         let (hour, minute) = (millis_of_day / 3_600_000, millis_of_day / 60_000 % 60);
         let (second, millis) = (millis_of_day / 1000 % 60, millis_of_day % 1000);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
-        )
+        write!(f, "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
     }
 }
 
@@ -99,16 +96,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -128,9 +120,7 @@ pub struct FakeClock {
 
 impl FakeClock {
     pub fn new(start: Timestamp) -> FakeClock {
-        FakeClock {
-            now_millis: AtomicU64::new(start.millis()),
-        }
+        FakeClock { now_millis: AtomicU64::new(start.millis()) }
     }
 
     pub fn advance(&self, by: Duration) {
@@ -165,10 +155,7 @@ mod tests {
     fn timestamps_print_as_rfc3339() {
         assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000Z");
         // 2026-11-23 is a Monday.
-        assert_eq!(
-            Timestamp::from_millis(1_795_392_000_000).to_string(),
-            "2026-11-23T00:00:00.000Z"
-        );
+        assert_eq!(Timestamp::from_millis(1_795_392_000_000).to_string(), "2026-11-23T00:00:00.000Z");
         assert_eq!(Duration::from_millis(1001).seconds_ceil(), 2);
     }
 }

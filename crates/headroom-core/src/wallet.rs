@@ -47,12 +47,7 @@ impl Grant {
     /// Waterfall order: kind, then priority, then earliest expiry (never
     /// expiring last), then id so that the order is total.
     fn order_key(&self) -> (GrantKind, u32, Timestamp, &GrantId) {
-        (
-            self.kind,
-            self.priority,
-            self.expires_at.unwrap_or(Timestamp::MAX),
-            &self.id,
-        )
+        (self.kind, self.priority, self.expires_at.unwrap_or(Timestamp::MAX), &self.id)
     }
 }
 
@@ -95,10 +90,7 @@ pub struct Wallet {
 impl Wallet {
     /// Credits spendable at `now`: unexpired grants and the overdraft.
     pub fn available(&self, now: Timestamp) -> Credits {
-        self.spendable_lines(now)
-            .fold(Credits::ZERO, |sum, (_, available)| {
-                sum.checked_add(available).expect(BOUNDED)
-            })
+        self.spendable_lines(now).fold(Credits::ZERO, |sum, (_, available)| sum.checked_add(available).expect(BOUNDED))
     }
 
     /// Lines in waterfall order with what each can give at `now`.
@@ -110,20 +102,13 @@ impl Wallet {
             .filter(move |(_, grant)| !grant.is_expired(now))
             .map(|(index, grant)| (Line::Grant(index), grant.available()));
         grants
-            .chain(std::iter::once((
-                Line::Overdraft,
-                self.overdraft.available(),
-            )))
+            .chain(std::iter::once((Line::Overdraft, self.overdraft.available())))
             .filter(|(_, available)| !available.is_zero())
     }
 
     /// Takes `credits` from the lines in waterfall order, without changing
     /// anything: what each line would give, or `None` with the shortfall.
-    pub fn plan_takes(
-        &self,
-        now: Timestamp,
-        credits: Credits,
-    ) -> Result<Vec<(Line, Credits)>, Credits> {
+    pub fn plan_takes(&self, now: Timestamp, credits: Credits) -> Result<Vec<(Line, Credits)>, Credits> {
         let mut left = credits;
         let mut takes = Vec::new();
         for (line, available) in self.spendable_lines(now) {
@@ -138,9 +123,7 @@ impl Wallet {
     }
 
     pub fn insert_grant(&mut self, grant: Grant) {
-        let position = self
-            .grants
-            .partition_point(|existing| existing.order_key() < grant.order_key());
+        let position = self.grants.partition_point(|existing| existing.order_key() < grant.order_key());
         self.grants.insert(position, grant);
     }
 
@@ -178,9 +161,7 @@ impl Wallet {
 
     pub fn unhold(&mut self, line: Line, credits: Credits) {
         let held = self.held_mut(line);
-        *held = held
-            .checked_sub(credits)
-            .expect("a hold is released at most once");
+        *held = held.checked_sub(credits).expect("a hold is released at most once");
     }
 
     fn held_mut(&mut self, line: Line) -> &mut Credits {
@@ -192,44 +173,25 @@ impl Wallet {
 
     /// The balance of record: settled grant credits less settled debt.
     pub fn settled_balance(&self) -> i128 {
-        let grants: i128 = self
-            .grants
-            .iter()
-            .map(|grant| i128::from(grant.settled.micros()))
-            .sum();
+        let grants: i128 = self.grants.iter().map(|grant| i128::from(grant.settled.micros())).sum();
         grants - i128::from(self.overdraft.settled_used.micros())
     }
 
     /// Invariant 1, from the wallet's side.
     pub fn check(&self) -> Result<(), String> {
         for grant in &self.grants {
-            let committed = grant
-                .pending_debit
-                .checked_add(grant.held)
-                .map_err(|_| "grant commitments overflow")?;
-            let funded = grant
-                .settled
-                .checked_add(grant.pending_credit)
-                .map_err(|_| "grant funds overflow")?;
+            let committed = grant.pending_debit.checked_add(grant.held).map_err(|_| "grant commitments overflow")?;
+            let funded = grant.settled.checked_add(grant.pending_credit).map_err(|_| "grant funds overflow")?;
             if committed > funded {
-                return Err(format!(
-                    "grant {} commits more than it holds: {grant:?}",
-                    grant.id
-                ));
+                return Err(format!("grant {} commits more than it holds: {grant:?}", grant.id));
             }
         }
-        if self
-            .grants
-            .windows(2)
-            .any(|pair| pair[0].order_key() > pair[1].order_key())
-        {
+        if self.grants.windows(2).any(|pair| pair[0].order_key() > pair[1].order_key()) {
             return Err("grants are out of waterfall order".to_string());
         }
         let overdraft = &self.overdraft;
-        let committed = overdraft
-            .settled_used
-            .checked_add(overdraft.pending_debit)
-            .and_then(|sum| sum.checked_add(overdraft.held));
+        let committed =
+            overdraft.settled_used.checked_add(overdraft.pending_debit).and_then(|sum| sum.checked_add(overdraft.held));
         if committed.map_or(true, |committed| committed > overdraft.limit) {
             return Err(format!("overdraft beyond its limit: {:?}", self.overdraft));
         }

@@ -59,22 +59,14 @@ pub struct WindowReport {
 impl WindowState {
     pub fn new(spec: &WindowSpec, now: Timestamp) -> WindowState {
         match spec.kind {
-            WindowKind::Fixed { .. } => WindowState::Fixed {
-                instance: 0,
-                used: 0,
-            },
-            WindowKind::Anchored { .. } => WindowState::Anchored {
-                started: None,
-                used: 0,
-            },
-            WindowKind::Sliding { buckets, .. } => WindowState::Sliding {
-                newest: 0,
-                counts: vec![0; buckets as usize + 1].into_boxed_slice(),
-            },
-            WindowKind::TokenBucket { per, .. } => WindowState::TokenBucket {
-                level_scaled: u128::from(spec.capacity) * u128::from(per.millis()),
-                at: now,
-            },
+            WindowKind::Fixed { .. } => WindowState::Fixed { instance: 0, used: 0 },
+            WindowKind::Anchored { .. } => WindowState::Anchored { started: None, used: 0 },
+            WindowKind::Sliding { buckets, .. } => {
+                WindowState::Sliding { newest: 0, counts: vec![0; buckets as usize + 1].into_boxed_slice() }
+            }
+            WindowKind::TokenBucket { per, .. } => {
+                WindowState::TokenBucket { level_scaled: u128::from(spec.capacity) * u128::from(per.millis()), at: now }
+            }
         }
     }
 
@@ -88,27 +80,16 @@ impl WindowState {
         let capacity = spec.capacity;
         match (self, spec.kind) {
             (WindowState::Fixed { instance, used }, WindowKind::Fixed { period, offset }) => {
-                if *instance == fixed_instance(now, period, offset) {
-                    capacity.saturating_sub(*used)
-                } else {
-                    capacity
-                }
+                if *instance == fixed_instance(now, period, offset) { capacity.saturating_sub(*used) } else { capacity }
             }
             (WindowState::Anchored { started, used }, WindowKind::Anchored { period }) => {
-                if anchored_active(*started, period, now) {
-                    capacity.saturating_sub(*used)
-                } else {
-                    capacity
-                }
+                if anchored_active(*started, period, now) { capacity.saturating_sub(*used) } else { capacity }
             }
             (WindowState::Sliding { newest, counts }, WindowKind::Sliding { period, buckets }) => {
                 let current = now.millis() / bucket_length(period, buckets);
                 capacity.saturating_sub(sliding_sum(*newest, counts, current))
             }
-            (
-                WindowState::TokenBucket { level_scaled, at },
-                WindowKind::TokenBucket { refill, per },
-            ) => {
+            (WindowState::TokenBucket { level_scaled, at }, WindowKind::TokenBucket { refill, per }) => {
                 let level = bucket_level(*level_scaled, *at, spec.capacity, refill, per, now);
                 (level / u128::from(per.millis())) as u64
             }
@@ -120,11 +101,7 @@ impl WindowState {
     /// `units <= self.remaining(spec, now)`.
     pub fn consume(&mut self, spec: &WindowSpec, now: Timestamp, units: u64) -> WindowHold {
         let remaining = self.remaining(spec, now);
-        assert!(
-            units <= remaining,
-            "window {} over capacity: {units} > {remaining}",
-            spec.id
-        );
+        assert!(units <= remaining, "window {} over capacity: {units} > {remaining}", spec.id);
         if units == 0 {
             return WindowHold { mark: 0, units: 0 };
         }
@@ -136,10 +113,7 @@ impl WindowState {
                     *used = 0;
                 }
                 *used += units;
-                WindowHold {
-                    mark: current,
-                    units,
-                }
+                WindowHold { mark: current, units }
             }
             (WindowState::Anchored { started, used }, WindowKind::Anchored { period }) => {
                 if !anchored_active(*started, period, now) {
@@ -147,25 +121,16 @@ impl WindowState {
                     *used = 0;
                 }
                 *used += units;
-                WindowHold {
-                    mark: started.expect("started above").millis(),
-                    units,
-                }
+                WindowHold { mark: started.expect("started above").millis(), units }
             }
             (WindowState::Sliding { newest, counts }, WindowKind::Sliding { period, buckets }) => {
                 let current = now.millis() / bucket_length(period, buckets);
                 sliding_advance(newest, counts, current);
                 let slot = (current % counts.len() as u64) as usize;
                 counts[slot] += units;
-                WindowHold {
-                    mark: current,
-                    units,
-                }
+                WindowHold { mark: current, units }
             }
-            (
-                WindowState::TokenBucket { level_scaled, at },
-                WindowKind::TokenBucket { refill, per },
-            ) => {
+            (WindowState::TokenBucket { level_scaled, at }, WindowKind::TokenBucket { refill, per }) => {
                 let level = bucket_level(*level_scaled, *at, spec.capacity, refill, per, now);
                 *level_scaled = level - u128::from(units) * u128::from(per.millis());
                 *at = now;
@@ -186,9 +151,7 @@ impl WindowState {
                 }
             }
             (WindowState::Anchored { started, used }, WindowKind::Anchored { period }) => {
-                if started.map(Timestamp::millis) == Some(hold.mark)
-                    && anchored_active(*started, period, now)
-                {
+                if started.map(Timestamp::millis) == Some(hold.mark) && anchored_active(*started, period, now) {
                     *used = used.saturating_sub(units);
                 }
             }
@@ -199,10 +162,7 @@ impl WindowState {
                     counts[slot] = counts[slot].saturating_sub(units);
                 }
             }
-            (
-                WindowState::TokenBucket { level_scaled, at },
-                WindowKind::TokenBucket { refill, per },
-            ) => {
+            (WindowState::TokenBucket { level_scaled, at }, WindowKind::TokenBucket { refill, per }) => {
                 let level = bucket_level(*level_scaled, *at, spec.capacity, refill, per, now);
                 let full = u128::from(spec.capacity) * u128::from(per.millis());
                 *level_scaled = (level + u128::from(units) * u128::from(per.millis())).min(full);
@@ -218,9 +178,9 @@ impl WindowState {
             return None;
         }
         match (self, spec.kind) {
-            (WindowState::Fixed { .. }, WindowKind::Fixed { period, offset }) => Some(
-                fixed_instance_end(fixed_instance(now, period, offset), period, offset),
-            ),
+            (WindowState::Fixed { .. }, WindowKind::Fixed { period, offset }) => {
+                Some(fixed_instance_end(fixed_instance(now, period, offset), period, offset))
+            }
             (WindowState::Anchored { started, .. }, WindowKind::Anchored { period }) => {
                 started.map(|start| start.saturating_add(period))
             }
@@ -245,9 +205,9 @@ impl WindowState {
             return Some(now);
         }
         match (self, spec.kind) {
-            (WindowState::Fixed { .. }, WindowKind::Fixed { period, offset }) => Some(
-                fixed_instance_end(fixed_instance(now, period, offset), period, offset),
-            ),
+            (WindowState::Fixed { .. }, WindowKind::Fixed { period, offset }) => {
+                Some(fixed_instance_end(fixed_instance(now, period, offset), period, offset))
+            }
             (WindowState::Anchored { started, .. }, WindowKind::Anchored { period }) => {
                 started.map(|start| start.saturating_add(period))
             }
@@ -260,23 +220,16 @@ impl WindowState {
                 for bucket in current.saturating_sub(u64::from(buckets))..=*newest {
                     used -= sliding_count(*newest, counts, bucket);
                     if used + units <= spec.capacity {
-                        return Some(Timestamp::from_millis(
-                            (bucket + u64::from(buckets) + 1) * length,
-                        ));
+                        return Some(Timestamp::from_millis((bucket + u64::from(buckets) + 1) * length));
                     }
                 }
                 unreachable!("an empty sliding window covers its capacity")
             }
-            (
-                WindowState::TokenBucket { level_scaled, at },
-                WindowKind::TokenBucket { refill, per },
-            ) => {
+            (WindowState::TokenBucket { level_scaled, at }, WindowKind::TokenBucket { refill, per }) => {
                 let level = bucket_level(*level_scaled, *at, spec.capacity, refill, per, now);
                 let missing = u128::from(units) * u128::from(per.millis()) - level;
                 let wait = missing.div_ceil(u128::from(refill));
-                Some(now.saturating_add(Duration::from_millis(
-                    u64::try_from(wait).unwrap_or(u64::MAX),
-                )))
+                Some(now.saturating_add(Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))))
             }
             _ => unreachable!("window state does not match its spec"),
         }
@@ -304,20 +257,14 @@ impl WindowState {
                 let sum: u64 = counts.iter().sum();
                 (sum > spec.capacity).then_some(sum)
             }
-            (
-                WindowState::TokenBucket { level_scaled, .. },
-                WindowKind::TokenBucket { per, .. },
-            ) => {
+            (WindowState::TokenBucket { level_scaled, .. }, WindowKind::TokenBucket { per, .. }) => {
                 let full = u128::from(spec.capacity) * u128::from(per.millis());
                 (*level_scaled > full).then_some(spec.capacity + 1)
             }
             _ => return Err(format!("window {}: state does not match its kind", spec.id)),
         };
         match over {
-            Some(used) => Err(format!(
-                "window {}: counts {used} units over capacity {}",
-                spec.id, spec.capacity
-            )),
+            Some(used) => Err(format!("window {}: counts {used} units over capacity {}", spec.id, spec.capacity)),
             None => Ok(()),
         }
     }
@@ -344,11 +291,7 @@ fn bucket_length(period: Duration, buckets: u32) -> u64 {
 /// The count of absolute bucket `bucket`, if the ring still holds it.
 fn sliding_count(newest: u64, counts: &[u64], bucket: u64) -> u64 {
     let ring = counts.len() as u64;
-    if bucket <= newest && newest - bucket < ring {
-        counts[(bucket % ring) as usize]
-    } else {
-        0
-    }
+    if bucket <= newest && newest - bucket < ring { counts[(bucket % ring) as usize] } else { 0 }
 }
 
 /// Units in the buckets a span of one period ending in bucket `current` can
@@ -356,9 +299,7 @@ fn sliding_count(newest: u64, counts: &[u64], bucket: u64) -> u64 {
 /// whole is what makes the window conservative.
 fn sliding_sum(newest: u64, counts: &[u64], current: u64) -> u64 {
     let oldest = current.saturating_sub(counts.len() as u64 - 1);
-    (oldest..=newest.min(current))
-        .map(|bucket| sliding_count(newest, counts, bucket))
-        .sum()
+    (oldest..=newest.min(current)).map(|bucket| sliding_count(newest, counts, bucket)).sum()
 }
 
 /// Moves the ring forward to bucket `current`, clearing the buckets it skips.
@@ -376,14 +317,7 @@ fn sliding_advance(newest: &mut u64, counts: &mut [u64], current: u64) {
 
 /// The scaled level of a token bucket at `now`: the stored level plus the
 /// refill since `at`, never above the capacity.
-fn bucket_level(
-    level_scaled: u128,
-    at: Timestamp,
-    capacity: u64,
-    refill: u64,
-    per: Duration,
-    now: Timestamp,
-) -> u128 {
+fn bucket_level(level_scaled: u128, at: Timestamp, capacity: u64, refill: u64, per: Duration, now: Timestamp) -> u128 {
     let full = u128::from(capacity) * u128::from(per.millis());
     let refilled = u128::from(refill) * u128::from(now.saturating_since(at).millis());
     (level_scaled + refilled).min(full)
@@ -413,13 +347,7 @@ mod tests {
     fn fixed_window_resets_at_the_end_of_its_instance() {
         // Weekly, aligned to Monday 00:00 UTC (the epoch was a Thursday).
         let week = Duration::from_days(7);
-        let spec = spec(
-            WindowKind::Fixed {
-                period: week,
-                offset: Duration::from_days(4),
-            },
-            10,
-        );
+        let spec = spec(WindowKind::Fixed { period: week, offset: Duration::from_days(4) }, 10);
         let monday = 1_795_392_000_000; // 2026-11-23T00:00Z
         let mut state = WindowState::new(&spec, at(monday));
         let wednesday = at(monday + Duration::from_days(2).millis());
@@ -439,28 +367,15 @@ mod tests {
         let mut state = WindowState::new(&spec, at(0));
         assert_eq!(state.resets_at(&spec, at(1000)), None);
         state.consume(&spec, at(1000), 0);
-        assert_eq!(
-            state.remaining(&spec, at(1000)),
-            3,
-            "zero units start nothing"
-        );
+        assert_eq!(state.remaining(&spec, at(1000)), 3, "zero units start nothing");
         state.consume(&spec, at(5000), 3);
-        assert_eq!(
-            state.resets_at(&spec, at(6000)),
-            Some(at(5000 + five_hours.millis()))
-        );
+        assert_eq!(state.resets_at(&spec, at(6000)), Some(at(5000 + five_hours.millis())));
         assert_eq!(state.remaining(&spec, at(5000 + five_hours.millis())), 3);
     }
 
     #[test]
     fn sliding_window_never_covers_more_than_capacity_in_any_period() {
-        let spec = spec(
-            WindowKind::Sliding {
-                period: Duration::from_millis(100),
-                buckets: 10,
-            },
-            5,
-        );
+        let spec = spec(WindowKind::Sliding { period: Duration::from_millis(100), buckets: 10 }, 5);
         let mut state = WindowState::new(&spec, at(0));
         state.consume(&spec, at(95), 5);
         // At 105 the span (5, 105] still holds the units at 95.
@@ -476,13 +391,7 @@ mod tests {
     #[test]
     fn token_bucket_refills_exactly() {
         // Capacity 10, refill 1 unit every 3 ms: no rounding drift.
-        let spec = spec(
-            WindowKind::TokenBucket {
-                refill: 1,
-                per: Duration::from_millis(3),
-            },
-            10,
-        );
+        let spec = spec(WindowKind::TokenBucket { refill: 1, per: Duration::from_millis(3) }, 10);
         let mut state = WindowState::new(&spec, at(0));
         state.consume(&spec, at(0), 10);
         assert_eq!(state.remaining(&spec, at(2)), 0);
@@ -494,13 +403,7 @@ mod tests {
 
     #[test]
     fn a_released_hold_returns_units_only_to_its_own_instance() {
-        let spec = spec(
-            WindowKind::Fixed {
-                period: Duration::from_millis(100),
-                offset: Duration::ZERO,
-            },
-            10,
-        );
+        let spec = spec(WindowKind::Fixed { period: Duration::from_millis(100), offset: Duration::ZERO }, 10);
         let mut state = WindowState::new(&spec, at(0));
         let hold = state.consume(&spec, at(10), 6);
         state.release(&spec, at(20), hold, 4);

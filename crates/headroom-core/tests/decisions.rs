@@ -76,34 +76,17 @@ impl World {
         let mut engine = Engine::new(catalog);
         let now = Timestamp::from_millis(1_795_392_000_000);
         let account = AccountId::new("acme").unwrap();
-        let events = engine
-            .open_account(account.clone(), &PlanId::new(plan).unwrap(), None, now)
-            .unwrap();
-        engine
-            .put_subject(SubjectId::new("alice").unwrap(), &account, None)
-            .unwrap();
-        engine
-            .put_subject(SubjectId::new("bob").unwrap(), &account, None)
-            .unwrap();
-        World {
-            engine,
-            now,
-            events,
-        }
+        let events = engine.open_account(account.clone(), &PlanId::new(plan).unwrap(), None, now).unwrap();
+        engine.put_subject(SubjectId::new("alice").unwrap(), &account, None).unwrap();
+        engine.put_subject(SubjectId::new("bob").unwrap(), &account, None).unwrap();
+        World { engine, now, events }
     }
 
     fn account() -> AccountId {
         AccountId::new("acme").unwrap()
     }
 
-    fn grant(
-        &mut self,
-        id: &str,
-        kind: GrantKind,
-        credits: u64,
-        priority: u32,
-        expires_in_ms: Option<u64>,
-    ) {
+    fn grant(&mut self, id: &str, kind: GrantKind, credits: u64, priority: u32, expires_in_ms: Option<u64>) {
         let request = GrantRequest {
             grant: GrantId::new(id).unwrap(),
             kind,
@@ -112,10 +95,7 @@ impl World {
             expires_at: expires_in_ms.map(|ms| Timestamp::from_millis(self.now.millis() + ms)),
             idempotency_key: IdempotencyKey::new(&format!("grant-{id}")).unwrap(),
         };
-        let outcome = self
-            .engine
-            .add_grant(&World::account(), &request, self.now)
-            .unwrap();
+        let outcome = self.engine.add_grant(&World::account(), &request, self.now).unwrap();
         self.events.extend(outcome.events);
     }
 
@@ -160,18 +140,11 @@ impl World {
             })
             .collect();
         let account = self.engine.account_mut(&World::account()).unwrap();
-        updates
-            .iter()
-            .map(|update| account.settle(update).unwrap())
-            .collect()
+        updates.iter().map(|update| account.settle(update).unwrap()).collect()
     }
 
     fn available(&self) -> Credits {
-        self.engine
-            .account(&World::account())
-            .unwrap()
-            .wallet()
-            .available(self.now)
+        self.engine.account(&World::account()).unwrap().wallet().available(self.now)
     }
 }
 
@@ -189,14 +162,7 @@ fn windows_cover_first_and_the_same_request_spills_into_credits() {
     let first = world.task("alice", 8, "k1");
     assert!(first.allowed);
     assert_eq!(first.reason, Reason::CoveredByWindows);
-    assert_eq!(
-        first
-            .windows
-            .iter()
-            .map(|w| w.remaining)
-            .collect::<Vec<_>>(),
-        vec![2, 7]
-    );
+    assert_eq!(first.windows.iter().map(|w| w.remaining).collect::<Vec<_>>(), vec![2, 7]);
 
     // 2 units left in the hourly window; 5 more flow down the waterfall:
     // free tier first, then promotion, then purchase. A unit whose price
@@ -210,9 +176,7 @@ fn windows_cover_first_and_the_same_request_spills_into_credits() {
         .sources
         .iter()
         .filter_map(|used| match &used.source {
-            Source::Grant { grant, .. } => {
-                Some((grant.to_string(), used.units, used.credits.micros()))
-            }
+            Source::Grant { grant, .. } => Some((grant.to_string(), used.units, used.credits.micros())),
             _ => None,
         })
         .collect();
@@ -243,18 +207,10 @@ fn a_deny_consumes_nothing_and_says_when_to_retry() {
     assert_eq!(denied.credits_short, Credits::from_micros(1_000_000));
     // Two units are buyable now; the third needs the hourly window, which
     // resets at the next hour.
-    assert_eq!(
-        denied.retry_at,
-        Some(Timestamp::from_millis(world.now.millis() + HOUR))
-    );
+    assert_eq!(denied.retry_at, Some(Timestamp::from_millis(world.now.millis() + HOUR)));
     let after = world.engine.account(&World::account()).unwrap();
     assert_eq!(before.wallet(), after.wallet(), "a deny spends nothing");
-    assert!(
-        world
-            .events
-            .iter()
-            .all(|event| !matches!(event, Event::Usage(usage) if usage.quantity == 3))
-    );
+    assert!(world.events.iter().all(|event| !matches!(event, Event::Usage(usage) if usage.quantity == 3)));
 
     // Without any credits the reason is the limit itself.
     let mut empty = World::new("basic");
@@ -273,14 +229,7 @@ fn every_window_must_hold() {
     assert!(!decision.allowed);
     let decision = world.task("alice", 5, "c");
     assert!(decision.allowed);
-    assert_eq!(
-        decision
-            .windows
-            .iter()
-            .map(|w| w.remaining)
-            .collect::<Vec<_>>(),
-        vec![5, 0]
-    );
+    assert_eq!(decision.windows.iter().map(|w| w.remaining).collect::<Vec<_>>(), vec![5, 0]);
 }
 
 #[test]
@@ -325,11 +274,7 @@ fn a_replay_returns_the_original_and_a_changed_request_conflicts() {
     assert!(replay.replayed);
     assert!(replay.events.is_empty());
     assert_eq!(first.result, replay.result);
-    assert_eq!(
-        world.available(),
-        Credits::from_micros(3_000_000),
-        "charged once"
-    );
+    assert_eq!(world.available(), Credits::from_micros(3_000_000), "charged once");
 
     let changed = World::request("alice", "task", 13, "same");
     assert_eq!(
@@ -347,15 +292,9 @@ fn prices_follow_attributes_and_groups_weigh_features() {
     let catalog = Catalog::from_toml(CATALOG).unwrap();
     let mut request = World::request("alice", "video", 10, "v");
     let mut world = World::new("basic");
-    assert!(matches!(
-        world.engine.decide(&request, world.now),
-        Err(CoreError::MissingAttribute { .. })
-    ));
+    assert!(matches!(world.engine.decide(&request, world.now), Err(CoreError::MissingAttribute { .. })));
     request.attributes = Attributes::new(vec![("resolution".into(), "4k".into())]).unwrap();
-    assert!(matches!(
-        world.engine.decide(&request, world.now),
-        Err(CoreError::UnknownAttributeValue { .. })
-    ));
+    assert!(matches!(world.engine.decide(&request, world.now), Err(CoreError::UnknownAttributeValue { .. })));
     request.attributes = Attributes::new(vec![("resolution".into(), "1080p".into())]).unwrap();
     world.grant("bought", GrantKind::Purchase, 1_000, 0, None);
     let decision = world.decide(&request);
@@ -368,11 +307,7 @@ fn prices_follow_attributes_and_groups_weigh_features() {
 fn a_free_feature_is_limited_by_its_window_alone() {
     let mut world = World::new("basic");
     world.grant("bought", GrantKind::Purchase, 5_000_000, 0, None);
-    assert!(
-        world
-            .decide(&World::request("alice", "free", 3, "f1"))
-            .allowed
-    );
+    assert!(world.decide(&World::request("alice", "free", 3, "f1")).allowed);
     let denied = world.decide(&World::request("alice", "free", 1, "f2"));
     assert!(!denied.allowed);
     assert_eq!(denied.credits_short, Credits::ZERO);
@@ -380,11 +315,7 @@ fn a_free_feature_is_limited_by_its_window_alone() {
     let retry = denied.retry_at.unwrap();
     assert!(retry.millis() > world.now.millis() && retry.millis() <= world.now.millis() + 11_000);
     world.now = retry;
-    assert!(
-        world
-            .decide(&World::request("alice", "free", 3, "f3"))
-            .allowed
-    );
+    assert!(world.decide(&World::request("alice", "free", 3, "f3")).allowed);
 }
 
 #[test]
@@ -396,10 +327,7 @@ fn expired_grants_are_never_spent_and_lapse_with_an_entry() {
     world.now = Timestamp::from_millis(world.now.millis() + HOUR + 1);
     world.task("alice", 5, "fill2"); // the hourly window has reset; the daily one is full now
     let decision = world.task("alice", 2, "after-expiry");
-    assert!(
-        !decision.allowed,
-        "only the purchase (1 credit) is spendable"
-    );
+    assert!(!decision.allowed, "only the purchase (1 credit) is spendable");
     let expiry: Vec<i64> = world
         .events
         .iter()
@@ -449,21 +377,9 @@ fn reserve(world: &mut World, quantity: u64, key: &str) -> Arc<Decision> {
     outcome.result
 }
 
-fn capture(
-    world: &mut World,
-    reservation: ReservationId,
-    quantity: u64,
-    key: &str,
-) -> Arc<Decision> {
-    let request = CaptureRequest {
-        reservation,
-        quantity,
-        idempotency_key: IdempotencyKey::new(key).unwrap(),
-    };
-    let outcome = world
-        .engine
-        .capture(&SubjectId::new("alice").unwrap(), &request, world.now)
-        .unwrap();
+fn capture(world: &mut World, reservation: ReservationId, quantity: u64, key: &str) -> Arc<Decision> {
+    let request = CaptureRequest { reservation, quantity, idempotency_key: IdempotencyKey::new(key).unwrap() };
+    let outcome = world.engine.capture(&SubjectId::new("alice").unwrap(), &request, world.now).unwrap();
     world.events.extend(outcome.events);
     world.check();
     outcome.result
@@ -474,20 +390,12 @@ fn a_capture_below_the_estimate_returns_the_rest() {
     let mut world = World::new("basic");
     world.grant("bought", GrantKind::Purchase, 5_000_000, 0, None);
     let reserved = reserve(&mut world, 13, "r");
-    assert_eq!(
-        world.available(),
-        Credits::from_micros(2_000_000),
-        "3 credits held"
-    );
+    assert_eq!(world.available(), Credits::from_micros(2_000_000), "3 credits held");
     let id = reserved.reservation.unwrap().id;
     let captured = capture(&mut world, id, 9, "c");
     assert_eq!(captured.reason, Reason::CoveredByWindows);
     assert_eq!(world.available(), Credits::from_micros(5_000_000));
-    assert_eq!(
-        world.task("bob", 1, "bob").windows[0].remaining,
-        9,
-        "bob's windows are his own"
-    );
+    assert_eq!(world.task("bob", 1, "bob").windows[0].remaining, 9, "bob's windows are his own");
     let again = world.task("alice", 1, "more");
     assert_eq!(again.windows[0].remaining, 0, "alice used 9 + 1 of 10");
 }
@@ -504,16 +412,9 @@ fn a_capture_above_the_estimate_takes_the_waterfall_then_writes_off() {
     assert!(captured.allowed);
     assert_eq!(captured.reason, Reason::PartlyWrittenOff);
     assert_eq!(captured.credits_charged, Credits::from_micros(2_500_000));
-    let write_off = captured
-        .sources
-        .iter()
-        .find(|used| used.source == Source::WriteOff)
-        .unwrap();
+    let write_off = captured.sources.iter().find(|used| used.source == Source::WriteOff).unwrap();
     assert_eq!(write_off.credits, Credits::from_micros(2_500_000));
-    assert_eq!(
-        captured.sources.iter().map(|used| used.units).sum::<u64>(),
-        15
-    );
+    assert_eq!(captured.sources.iter().map(|used| used.units).sum::<u64>(), 15);
     assert_eq!(world.available(), Credits::ZERO);
     world.settle_all();
     world.check();
@@ -523,22 +424,14 @@ fn a_capture_above_the_estimate_takes_the_waterfall_then_writes_off() {
         .engine
         .capture(
             &SubjectId::new("alice").unwrap(),
-            &CaptureRequest {
-                reservation: id,
-                quantity: 15,
-                idempotency_key: IdempotencyKey::new("c").unwrap(),
-            },
+            &CaptureRequest { reservation: id, quantity: 15, idempotency_key: IdempotencyKey::new("c").unwrap() },
             world.now,
         )
         .unwrap();
     assert!(replay.replayed);
     let closed = world.engine.capture(
         &SubjectId::new("alice").unwrap(),
-        &CaptureRequest {
-            reservation: id,
-            quantity: 15,
-            idempotency_key: IdempotencyKey::new("c2").unwrap(),
-        },
+        &CaptureRequest { reservation: id, quantity: 15, idempotency_key: IdempotencyKey::new("c2").unwrap() },
         world.now,
     );
     assert_eq!(closed.unwrap_err(), CoreError::UnknownReservation(id));
@@ -555,20 +448,11 @@ fn an_unreleased_reservation_expires_by_itself() {
     world.events.extend(events);
     world.check();
     assert_eq!(world.available(), Credits::from_micros(5_000_000));
-    assert_eq!(
-        world.task("alice", 10, "after").reason,
-        Reason::CoveredByWindows
-    );
+    assert_eq!(world.task("alice", 10, "after").reason, Reason::CoveredByWindows);
     let id = reserved.reservation.unwrap().id;
-    let release = ReleaseRequest {
-        reservation: id,
-        idempotency_key: IdempotencyKey::new("late").unwrap(),
-    };
+    let release = ReleaseRequest { reservation: id, idempotency_key: IdempotencyKey::new("late").unwrap() };
     assert_eq!(
-        world
-            .engine
-            .release(&SubjectId::new("alice").unwrap(), &release, world.now)
-            .unwrap_err(),
+        world.engine.release(&SubjectId::new("alice").unwrap(), &release, world.now).unwrap_err(),
         CoreError::UnknownReservation(id)
     );
 }
@@ -579,15 +463,9 @@ fn settlement_is_idempotent_in_order_and_conserves_the_balance() {
     world.grant("bought", GrantKind::Purchase, 5_000_000, 0, None);
     world.task("alice", 12, "k");
     let first = world.settle_all();
-    assert!(first.iter().all(
-        |settled| matches!(settled, Settlement::Applied { write_off } if write_off.is_zero())
-    ));
+    assert!(first.iter().all(|settled| matches!(settled, Settlement::Applied { write_off } if write_off.is_zero())));
     let second = world.settle_all();
-    assert!(
-        second
-            .iter()
-            .all(|settled| *settled == Settlement::AlreadySettled)
-    );
+    assert!(second.iter().all(|settled| *settled == Settlement::AlreadySettled));
     let account = world.engine.account(&World::account()).unwrap();
     assert_eq!(account.wallet().settled_balance(), 3_000_000);
     assert_eq!(account.unsettled(), 0);
@@ -606,10 +484,7 @@ fn settlement_is_idempotent_in_order_and_conserves_the_balance() {
         .collect();
     let last = updates.last().unwrap().clone();
     let account = world.engine.account_mut(&World::account()).unwrap();
-    assert!(matches!(
-        account.settle(&last),
-        Err(SettleError::OutOfOrder { .. })
-    ));
+    assert!(matches!(account.settle(&last), Err(SettleError::OutOfOrder { .. })));
 }
 
 #[test]
@@ -627,30 +502,15 @@ fn bad_input_is_refused_and_changes_nothing() {
     let mut world = World::new("basic");
     let before = world.engine.account(&World::account()).unwrap().clone();
     let zero = World::request("alice", "task", 0, "z");
-    assert!(matches!(
-        world.engine.decide(&zero, world.now),
-        Err(CoreError::InvalidQuantity { .. })
-    ));
+    assert!(matches!(world.engine.decide(&zero, world.now), Err(CoreError::InvalidQuantity { .. })));
     let huge = World::request("alice", "task", limits::QUANTITY_MAX + 1, "h");
-    assert!(matches!(
-        world.engine.decide(&huge, world.now),
-        Err(CoreError::InvalidQuantity { .. })
-    ));
+    assert!(matches!(world.engine.decide(&huge, world.now), Err(CoreError::InvalidQuantity { .. })));
     let unknown = World::request("alice", "nope", 1, "u");
-    assert!(matches!(
-        world.engine.decide(&unknown, world.now),
-        Err(CoreError::UnknownFeature(_))
-    ));
+    assert!(matches!(world.engine.decide(&unknown, world.now), Err(CoreError::UnknownFeature(_))));
     let stranger = World::request("mallory", "task", 1, "m");
-    assert!(matches!(
-        world.engine.decide(&stranger, world.now),
-        Err(CoreError::UnknownSubject(_))
-    ));
+    assert!(matches!(world.engine.decide(&stranger, world.now), Err(CoreError::UnknownSubject(_))));
     let mut keyless = World::request("alice", "task", 1, "x");
     keyless.idempotency_key = None;
-    assert_eq!(
-        world.engine.decide(&keyless, world.now).unwrap_err(),
-        CoreError::IdempotencyKeyRequired
-    );
+    assert_eq!(world.engine.decide(&keyless, world.now).unwrap_err(), CoreError::IdempotencyKeyRequired);
     assert_eq!(&before, world.engine.account(&World::account()).unwrap());
 }

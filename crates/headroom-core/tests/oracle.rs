@@ -160,10 +160,7 @@ struct WindowModel {
 
 impl WindowModel {
     fn weight_of(&self, feature: &str) -> Option<u64> {
-        self.meters
-            .iter()
-            .find(|(metered, _)| *metered == feature)
-            .map(|(_, weight)| *weight)
+        self.meters.iter().find(|(metered, _)| *metered == feature).map(|(_, weight)| *weight)
     }
 }
 
@@ -193,30 +190,21 @@ const SOLO: PlanModel = PlanModel {
             meters: &[("task", 1)],
             account_wide: false,
             capacity: 6,
-            rule: Rule::Fixed {
-                period: MINUTE,
-                offset: 17 * SECOND,
-            },
+            rule: Rule::Fixed { period: MINUTE, offset: 17 * SECOND },
         },
         WindowModel {
             id: "burst",
             meters: AGENT,
             account_wide: false,
             capacity: 9,
-            rule: Rule::TokenBucket {
-                refill: 3,
-                per: 7 * SECOND,
-            },
+            rule: Rule::TokenBucket { refill: 3, per: 7 * SECOND },
         },
         WindowModel {
             id: "pings",
             meters: &[("ping", 1)],
             account_wide: false,
             capacity: 4,
-            rule: Rule::Sliding {
-                period: MINUTE,
-                buckets: 6,
-            },
+            rule: Rule::Sliding { period: MINUTE, buckets: 6 },
         },
         WindowModel {
             id: "session",
@@ -230,10 +218,7 @@ const SOLO: PlanModel = PlanModel {
             meters: AGENT,
             account_wide: true,
             capacity: 24,
-            rule: Rule::Sliding {
-                period: 10 * MINUTE,
-                buckets: 5,
-            },
+            rule: Rule::Sliding { period: 10 * MINUTE, buckets: 5 },
         },
     ],
     overdraft: 0,
@@ -255,20 +240,14 @@ const TEAM: PlanModel = PlanModel {
             meters: &[("export", 1)],
             account_wide: false,
             capacity: 3,
-            rule: Rule::TokenBucket {
-                refill: 1,
-                per: 2 * SECOND,
-            },
+            rule: Rule::TokenBucket { refill: 1, per: 2 * SECOND },
         },
         WindowModel {
             id: "org",
             meters: AGENT,
             account_wide: true,
             capacity: 15,
-            rule: Rule::Fixed {
-                period: 10 * MINUTE,
-                offset: 0,
-            },
+            rule: Rule::Fixed { period: 10 * MINUTE, offset: 0 },
         },
     ],
     overdraft: 3_500_000,
@@ -285,16 +264,8 @@ struct AccountSpec {
     plan: &'static PlanModel,
 }
 
-const ACCOUNTS: [AccountSpec; 2] = [
-    AccountSpec {
-        id: "solo-account",
-        plan: &SOLO,
-    },
-    AccountSpec {
-        id: "team-account",
-        plan: &TEAM,
-    },
-];
+const ACCOUNTS: [AccountSpec; 2] =
+    [AccountSpec { id: "solo-account", plan: &SOLO }, AccountSpec { id: "team-account", plan: &TEAM }];
 
 struct SubjectSpec {
     id: &'static str,
@@ -306,21 +277,9 @@ struct SubjectSpec {
 /// Alice alone on `solo`; Bob and Carol share the `team` account (and its
 /// `org` window), Carol on `solo` windows of her own.
 const SUBJECTS: [SubjectSpec; 3] = [
-    SubjectSpec {
-        id: "alice",
-        account: 0,
-        own_plan: None,
-    },
-    SubjectSpec {
-        id: "bob",
-        account: 1,
-        own_plan: None,
-    },
-    SubjectSpec {
-        id: "carol",
-        account: 1,
-        own_plan: Some(&SOLO),
-    },
+    SubjectSpec { id: "alice", account: 0, own_plan: None },
+    SubjectSpec { id: "bob", account: 1, own_plan: None },
+    SubjectSpec { id: "carol", account: 1, own_plan: Some(&SOLO) },
 ];
 
 const FEATURES: [&str; 4] = ["task", "video", "export", "ping"];
@@ -328,11 +287,7 @@ const RESOLUTIONS: [&str; 2] = ["sd", "hd"];
 
 /// Micro-credits per unit.
 fn price_of(feature: &str, attributes: &Attributes) -> u64 {
-    let resolution = attributes
-        .pairs()
-        .iter()
-        .find(|(name, _)| name == "res")
-        .map(|(_, value)| value.as_str());
+    let resolution = attributes.pairs().iter().find(|(name, _)| name == "res").map(|(_, value)| value.as_str());
     match (feature, resolution) {
         ("task", _) => 1_000_000,
         ("video", Some("sd")) => 100_000,
@@ -382,9 +337,7 @@ struct WindowView {
 fn scan_window(window: &WindowModel, records: &[Record], now: u64) -> (u64, Option<u64>) {
     let capacity = window.capacity;
     let used_to_remaining = |used: u64| {
-        capacity
-            .checked_sub(used)
-            .unwrap_or_else(|| panic!("oracle: window {} counts {used} > {capacity}", window.id))
+        capacity.checked_sub(used).unwrap_or_else(|| panic!("oracle: window {} counts {used} > {capacity}", window.id))
     };
     let counted = |record: &Record| {
         assert!(!record.refund, "only token buckets take refunds");
@@ -393,11 +346,7 @@ fn scan_window(window: &WindowModel, records: &[Record], now: u64) -> (u64, Opti
     match window.rule {
         Rule::Fixed { period, offset } => {
             let instance = |time: u64| (time + period - offset) / period;
-            let used: u64 = records
-                .iter()
-                .filter(|record| instance(record.time) == instance(now))
-                .map(counted)
-                .sum();
+            let used: u64 = records.iter().filter(|record| instance(record.time) == instance(now)).map(counted).sum();
             // The instance holding `now` began at the last `offset + k·period` at or before it.
             let instance_end = now - (now - offset) % period + period;
             (used_to_remaining(used), (used > 0).then_some(instance_end))
@@ -406,9 +355,7 @@ fn scan_window(window: &WindowModel, records: &[Record], now: u64) -> (u64, Opti
             let mut instance: Option<(u64, u64)> = None;
             for record in records {
                 instance = match instance {
-                    Some((start, used)) if record.time < start + period => {
-                        Some((start, used + counted(record)))
-                    }
+                    Some((start, used)) if record.time < start + period => Some((start, used + counted(record))),
                     _ => Some((record.time, counted(record))),
                 };
             }
@@ -430,10 +377,7 @@ fn scan_window(window: &WindowModel, records: &[Record], now: u64) -> (u64, Opti
                 .collect();
             let used = in_span.iter().map(|(_, units)| units).sum();
             // The next unit frees up when the oldest bucket holding one stops counting.
-            let frees_up = in_span
-                .iter()
-                .map(|(bucket, _)| (bucket + buckets + 1) * length)
-                .min();
+            let frees_up = in_span.iter().map(|(bucket, _)| (bucket + buckets + 1) * length).min();
             (used_to_remaining(used), frees_up)
         }
         Rule::TokenBucket { refill, per } => {
@@ -495,13 +439,7 @@ impl GrantModel {
     /// Free tier, promotion, entitlement, purchase; then priority; then the
     /// earliest expiry, never expiring last; then id.
     fn spending_order(&self) -> (u8, u32, bool, u64, String) {
-        (
-            kind_rank(self.kind),
-            self.priority,
-            self.expires_at.is_none(),
-            self.expires_at.unwrap_or(0),
-            self.id.clone(),
-        )
+        (kind_rank(self.kind), self.priority, self.expires_at.is_none(), self.expires_at.unwrap_or(0), self.id.clone())
     }
 }
 
@@ -654,9 +592,7 @@ struct Observed {
 
 fn reason_of(sources: &[(String, u64, u64)]) -> Reason {
     let has = |name: &str| sources.iter().any(|(source, _, _)| source == name);
-    let credits = sources
-        .iter()
-        .any(|(source, _, _)| source != "windows" && source != "write-off");
+    let credits = sources.iter().any(|(source, _, _)| source != "windows" && source != "write-off");
     if has("write-off") {
         Reason::PartlyWrittenOff
     } else if has("windows") && credits {
@@ -704,10 +640,7 @@ impl AccountModel {
                 unsettled: true,
             })
             .collect();
-        let updates = grants
-            .iter()
-            .map(|grant| (grant.id.clone(), grant.left as i64, "grant"))
-            .collect();
+        let updates = grants.iter().map(|grant| (grant.id.clone(), grant.left as i64, "grant")).collect();
         AccountModel {
             updates,
             plan,
@@ -749,16 +682,14 @@ impl AccountModel {
             .partition(|grant| grant.left > 0 || grant.held > 0 || grant.unsettled);
         self.grants = kept;
         // A spent grant's id is never granted again.
-        self.retired
-            .extend(spent.into_iter().map(|grant: GrantModel| grant.id));
+        self.retired.extend(spent.into_iter().map(|grant: GrantModel| grant.id));
     }
 
     /// What is left of an expired grant lapses; what is held stays held.
     fn lapse(&mut self, now: u64) {
         for grant in &mut self.grants {
             if grant.expired(now) && grant.left > 0 {
-                self.updates
-                    .push((grant.id.clone(), -(grant.left as i64), "expiry"));
+                self.updates.push((grant.id.clone(), -(grant.left as i64), "expiry"));
                 grant.left = 0;
                 grant.unsettled = true;
             }
@@ -767,10 +698,7 @@ impl AccountModel {
 
     /// The earlier answer to `key`, or a conflict, while the key is remembered.
     fn lookup(&self, key: &str, request: Request, now: u64) -> Option<Result<Answer, ModelError>> {
-        let record = self
-            .keys
-            .get(key)
-            .filter(|record| record.expires_at > now)?;
+        let record = self.keys.get(key).filter(|record| record.expires_at > now)?;
         Some(if record.request == request {
             Ok(record.answer.clone())
         } else {
@@ -779,11 +707,7 @@ impl AccountModel {
     }
 
     fn remember(&mut self, key: &IdempotencyKey, request: Request, answer: Answer, now: u64) {
-        let record = KeyRecord {
-            request,
-            answer,
-            expires_at: now + RETENTION,
-        };
+        let record = KeyRecord { request, answer, expires_at: now + RETENTION };
         self.keys.insert(key.as_str().to_string(), record);
     }
 
@@ -792,20 +716,12 @@ impl AccountModel {
     }
 
     fn available(&self, now: u64) -> u64 {
-        let grants: u64 = self
-            .grants
-            .iter()
-            .filter(|grant| !grant.expired(now))
-            .map(|grant| grant.left)
-            .sum();
+        let grants: u64 = self.grants.iter().filter(|grant| !grant.expired(now)).map(|grant| grant.left).sum();
         grants + self.overdraft_available()
     }
 
     fn grant_mut(&mut self, id: &str) -> &mut GrantModel {
-        self.grants
-            .iter_mut()
-            .find(|grant| grant.id == id)
-            .expect("a grant in use is never dropped")
+        self.grants.iter_mut().find(|grant| grant.id == id).expect("a grant in use is never dropped")
     }
 
     /// One debit update per line.
@@ -865,12 +781,8 @@ impl AccountModel {
             .iter()
             .filter(|window| !window.account_wide)
             .map(|window| ((Some(subject), window.id), window));
-        let shared = self
-            .plan
-            .windows
-            .iter()
-            .filter(|window| window.account_wide)
-            .map(|window| ((None, window.id), window));
+        let shared =
+            self.plan.windows.iter().filter(|window| window.account_wide).map(|window| ((None, window.id), window));
         own.chain(shared).collect()
     }
 
@@ -878,33 +790,19 @@ impl AccountModel {
     fn applicable(&self, subject: usize, feature: &str) -> Vec<(Owner, &'static WindowModel, u64)> {
         self.all_windows(subject)
             .into_iter()
-            .filter_map(|(owner, window)| {
-                window
-                    .weight_of(feature)
-                    .map(|weight| (owner, window, weight))
-            })
+            .filter_map(|(owner, window)| window.weight_of(feature).map(|weight| (owner, window, weight)))
             .collect()
     }
 
     fn view(&self, owner: Owner, window: &WindowModel, now: u64) -> WindowView {
         let records = self.records.get(&owner).map_or(&[][..], Vec::as_slice);
         let (remaining, resets_at) = scan_window(window, records, now);
-        WindowView {
-            id: window.id.to_string(),
-            limit: window.capacity,
-            remaining,
-            resets_at,
-        }
+        WindowView { id: window.id.to_string(), limit: window.capacity, remaining, resets_at }
     }
 
     /// The least any applicable window can still cover, up to `quantity`;
     /// nothing when no window applies.
-    fn window_cover(
-        &self,
-        applicable: &[(Owner, &'static WindowModel, u64)],
-        quantity: u64,
-        now: u64,
-    ) -> u64 {
+    fn window_cover(&self, applicable: &[(Owner, &'static WindowModel, u64)], quantity: u64, now: u64) -> u64 {
         if applicable.is_empty() {
             return 0;
         }
@@ -927,17 +825,8 @@ impl AccountModel {
             .iter()
             .map(|(owner, window, weight)| {
                 let records = self.records.entry(*owner).or_default();
-                records.push(Record {
-                    time: now,
-                    units: units * weight,
-                    refund: false,
-                });
-                WindowHoldModel {
-                    owner: *owner,
-                    window,
-                    weight: *weight,
-                    record: records.len() - 1,
-                }
+                records.push(Record { time: now, units: units * weight, refund: false });
+                WindowHoldModel { owner: *owner, window, weight: *weight, record: records.len() - 1 }
             })
             .collect()
     }
@@ -950,11 +839,7 @@ impl AccountModel {
             let records = self.records.get_mut(&hold.owner).expect("held records");
             let units = units * hold.weight;
             match hold.window.rule {
-                Rule::TokenBucket { .. } => records.push(Record {
-                    time: now,
-                    units,
-                    refund: true,
-                }),
+                Rule::TokenBucket { .. } => records.push(Record { time: now, units, refund: true }),
                 _ => records[hold.record].units -= units,
             }
         }
@@ -974,18 +859,11 @@ impl AccountModel {
         } else {
             self.take_credits(credit_units * ask.price, credits_at)
         };
-        Evaluation {
-            window_units,
-            credits,
-        }
+        Evaluation { window_units, credits }
     }
 
     fn take_credits(&self, wanted: u64, now: u64) -> Result<Vec<(Line, u64)>, u64> {
-        let mut grants: Vec<&GrantModel> = self
-            .grants
-            .iter()
-            .filter(|grant| !grant.expired(now))
-            .collect();
+        let mut grants: Vec<&GrantModel> = self.grants.iter().filter(|grant| !grant.expired(now)).collect();
         grants.sort_by_key(|grant| grant.spending_order());
         let lines = grants
             .into_iter()
@@ -1005,12 +883,7 @@ impl AccountModel {
 
     /// Sources of an allow. A unit whose price spans two lines counts where
     /// its cumulative price ends.
-    fn sources(
-        &self,
-        window_units: u64,
-        takes: &[(Line, u64)],
-        price: u64,
-    ) -> Vec<(String, u64, u64)> {
+    fn sources(&self, window_units: u64, takes: &[(Line, u64)], price: u64) -> Vec<(String, u64, u64)> {
         let mut sources = Vec::new();
         if window_units > 0 {
             sources.push(("windows".to_string(), window_units, 0));
@@ -1021,11 +894,7 @@ impl AccountModel {
             cumulative += credits;
             let name = match line {
                 Line::Grant(id) => {
-                    let grant = self
-                        .grants
-                        .iter()
-                        .find(|grant| grant.id == *id)
-                        .expect("known");
+                    let grant = self.grants.iter().find(|grant| grant.id == *id).expect("known");
                     format!("{id} ({:?})", grant.kind)
                 }
                 Line::Overdraft => "overdraft".to_string(),
@@ -1043,12 +912,7 @@ impl AccountModel {
         kind: DecisionKind,
         effect: Effect,
     ) -> (Observed, Option<ReservationModel>) {
-        let Ask {
-            subject,
-            feature,
-            quantity,
-            price,
-        } = ask;
+        let Ask { subject, feature, quantity, price } = ask;
         let evaluation = self.evaluate(ask, now, now);
         let applicable = self.applicable(subject, feature);
         let available_before = self.available(now);
@@ -1106,10 +970,7 @@ impl AccountModel {
                 }
             }
         }
-        observed.windows = applicable
-            .iter()
-            .map(|(owner, window, _)| self.view(*owner, window, now))
-            .collect();
+        observed.windows = applicable.iter().map(|(owner, window, _)| self.view(*owner, window, now)).collect();
         observed.available = self.available(now);
         (observed, reservation)
     }
@@ -1131,11 +992,7 @@ impl AccountModel {
     fn capture(&mut self, reservation: ReservationModel, actual: u64, now: u64) -> Observed {
         let price = reservation.price;
         let from_window_hold = actual.min(reservation.window_units);
-        self.give_back(
-            &reservation.window_holds,
-            reservation.window_units - from_window_hold,
-            now,
-        );
+        self.give_back(&reservation.window_holds, reservation.window_units - from_window_hold, now);
         let held_units = reservation.quantity - reservation.window_units;
         let from_credit_hold = (actual - from_window_hold).min(held_units);
         let mut owed = from_credit_hold * price;
@@ -1157,9 +1014,7 @@ impl AccountModel {
         let extra_credit_units = extra - extra_window_units;
         let wanted = extra_credit_units * price;
         let payable = wanted.min(self.available(now));
-        let extra_takes = self
-            .take_credits(payable, now)
-            .expect("takes at most what is available");
+        let extra_takes = self.take_credits(payable, now).expect("takes at most what is available");
         for (line, credits) in extra_takes {
             self.debit(&line, credits);
             match takes.iter_mut().find(|(taken, _)| *taken == line) {
@@ -1189,10 +1044,7 @@ impl AccountModel {
             credits_charged: takes.iter().map(|(_, credits)| credits).sum(),
             credits_short: 0,
             available: self.available(now),
-            windows: applicable
-                .iter()
-                .map(|(owner, window, _)| self.view(*owner, window, now))
-                .collect(),
+            windows: applicable.iter().map(|(owner, window, _)| self.view(*owner, window, now)).collect(),
             reservation_expires_at: Some(reservation.expires_at),
         }
     }
@@ -1211,12 +1063,7 @@ struct Model {
 
 impl Model {
     fn open(now: u64) -> Model {
-        Model {
-            accounts: ACCOUNTS
-                .iter()
-                .map(|account| AccountModel::open(account.plan, now))
-                .collect(),
-        }
+        Model { accounts: ACCOUNTS.iter().map(|account| AccountModel::open(account.plan, now)).collect() }
     }
 
     fn decide(
@@ -1243,12 +1090,7 @@ impl Model {
         } else {
             (DecisionKind::Decide, Effect::Consume)
         };
-        let ask = Ask {
-            subject,
-            feature,
-            quantity: request.quantity,
-            price,
-        };
+        let ask = Ask { subject, feature, quantity: request.quantity, price };
         let (observed, _) = account.decide(ask, now, kind, effect);
         Ok(Expected::Fresh(observed))
     }
@@ -1270,19 +1112,10 @@ impl Model {
         }
         let feature = request.feature.as_str();
         let price = price_of(feature, &request.attributes);
-        let lifetime = request
-            .lifetime
-            .map_or(RESERVATION_LIFETIME, Duration::millis);
+        let lifetime = request.lifetime.map_or(RESERVATION_LIFETIME, Duration::millis);
         account.advance(now);
-        let effect = Effect::Hold {
-            expires_at: now + lifetime,
-        };
-        let ask = Ask {
-            subject,
-            feature,
-            quantity: request.quantity,
-            price,
-        };
+        let effect = Effect::Hold { expires_at: now + lifetime };
+        let ask = Ask { subject, feature, quantity: request.quantity, price };
         let decided = account.decide(ask, now, DecisionKind::Reserve, effect);
         Ok(Expected::Fresh(decided))
     }
@@ -1299,23 +1132,14 @@ impl Model {
         if let Some(found) = account.lookup(key, Request::Capture(request.clone()), now) {
             return found.map(Expected::Replay);
         }
-        let open = account
-            .reservations
-            .get(&request.reservation)
-            .is_some_and(|reservation| reservation.expires_at > now);
+        let open =
+            account.reservations.get(&request.reservation).is_some_and(|reservation| reservation.expires_at > now);
         if !open {
             return Err(ModelError::UnknownReservation);
         }
         account.advance(now);
-        let reservation = account
-            .reservations
-            .remove(&request.reservation)
-            .expect("open");
-        Ok(Expected::Fresh(account.capture(
-            reservation,
-            request.quantity,
-            now,
-        )))
+        let reservation = account.reservations.remove(&request.reservation).expect("open");
+        Ok(Expected::Fresh(account.capture(reservation, request.quantity, now)))
     }
 
     fn release(
@@ -1330,25 +1154,18 @@ impl Model {
         if let Some(found) = account.lookup(key, Request::Release(request.clone()), now) {
             return found.map(Expected::Replay);
         }
-        let open = account
-            .reservations
-            .get(&request.reservation)
-            .is_some_and(|reservation| reservation.expires_at > now);
+        let open =
+            account.reservations.get(&request.reservation).is_some_and(|reservation| reservation.expires_at > now);
         if !open {
             return Err(ModelError::UnknownReservation);
         }
         account.advance(now);
-        let reservation = account
-            .reservations
-            .remove(&request.reservation)
-            .expect("open");
+        let reservation = account.reservations.remove(&request.reservation).expect("open");
         account.release(&reservation, now);
         Ok(Expected::Fresh(Released {
             reservation: request.reservation,
             window_units_returned: reservation.window_units,
-            credits_returned: Credits::from_micros(
-                reservation.credit_holds.iter().map(|(_, held)| held).sum(),
-            ),
+            credits_returned: Credits::from_micros(reservation.credit_holds.iter().map(|(_, held)| held).sum()),
             released_at: at(now),
         }))
     }
@@ -1371,15 +1188,11 @@ impl Model {
             return Err(ModelError::InvalidGrant);
         }
         let id = request.grant.as_str();
-        if account.grants.iter().any(|grant| grant.id == id)
-            || account.retired.iter().any(|retired| retired == id)
-        {
+        if account.grants.iter().any(|grant| grant.id == id) || account.retired.iter().any(|retired| retired == id) {
             return Err(ModelError::GrantExists(id.to_string()));
         }
         account.advance(now);
-        account
-            .updates
-            .push((id.to_string(), request.credits.micros() as i64, "grant"));
+        account.updates.push((id.to_string(), request.credits.micros() as i64, "grant"));
         account.grants.push(GrantModel {
             id: id.to_string(),
             kind: request.kind,
@@ -1503,24 +1316,15 @@ fn use_operation(reservations: bool) -> impl Strategy<Value = UseOperation> {
         1 => Just(Mode::PreviewWithoutKey),
         reserve_weight => proptest::option::of(SECOND..=20 * MINUTE).prop_map(Mode::Reserve),
     ];
-    (
-        0..SUBJECTS.len(),
-        0..FEATURES.len(),
-        quantity,
-        proptest::option::of(0..RESOLUTIONS.len()),
-        mode,
-        key_choice(),
-    )
-        .prop_map(
-            |(subject, feature, quantity, resolution, mode, key)| UseOperation {
-                subject,
-                feature,
-                quantity,
-                resolution,
-                mode,
-                key,
-            },
-        )
+    (0..SUBJECTS.len(), 0..FEATURES.len(), quantity, proptest::option::of(0..RESOLUTIONS.len()), mode, key_choice())
+        .prop_map(|(subject, feature, quantity, resolution, mode, key)| UseOperation {
+            subject,
+            feature,
+            quantity,
+            resolution,
+            mode,
+            key,
+        })
 }
 
 fn grant_operation() -> impl Strategy<Value = GrantOperation> {
@@ -1538,17 +1342,15 @@ fn grant_operation() -> impl Strategy<Value = GrantOperation> {
         expires_in,
         key_choice(),
     )
-        .prop_map(
-            |(account, grant, kind, credits, priority, expires_in, key)| GrantOperation {
-                account,
-                grant,
-                kind,
-                credits,
-                priority,
-                expires_in,
-                key,
-            },
-        )
+        .prop_map(|(account, grant, kind, credits, priority, expires_in, key)| GrantOperation {
+            account,
+            grant,
+            kind,
+            credits,
+            priority,
+            expires_in,
+            key,
+        })
 }
 
 fn operation(reservations: bool) -> impl Strategy<Value = Operation> {
@@ -1605,9 +1407,7 @@ struct Checks {
 
 fn catalog() -> Arc<Catalog> {
     static CATALOG_PARSED: OnceLock<Arc<Catalog>> = OnceLock::new();
-    CATALOG_PARSED
-        .get_or_init(|| Arc::new(Catalog::from_toml(CATALOG).expect("the test catalog is valid")))
-        .clone()
+    CATALOG_PARSED.get_or_init(|| Arc::new(Catalog::from_toml(CATALOG).expect("the test catalog is valid"))).clone()
 }
 
 fn at(millis: u64) -> Timestamp {
@@ -1623,10 +1423,7 @@ fn subject_id(subject: usize) -> SubjectId {
 }
 
 fn subject_index(subject: &SubjectId) -> usize {
-    SUBJECTS
-        .iter()
-        .position(|spec| spec.id == subject.as_str())
-        .expect("a known subject")
+    SUBJECTS.iter().position(|spec| spec.id == subject.as_str()).expect("a known subject")
 }
 
 /// A request as issued, with what the engine needs to route it.
@@ -1675,16 +1472,12 @@ impl Harness {
         };
         for (index, account) in ACCOUNTS.iter().enumerate() {
             let plan = PlanId::new(account.plan.id).expect("valid id");
-            let events = harness
-                .engine
-                .open_account(account_id(index), &plan, None, at(start))
-                .expect("the account opens");
+            let events =
+                harness.engine.open_account(account_id(index), &plan, None, at(start)).expect("the account opens");
             harness.record(&events);
         }
         for (index, subject) in SUBJECTS.iter().enumerate() {
-            let plan = subject
-                .own_plan
-                .map(|plan| PlanId::new(plan.id).expect("valid id"));
+            let plan = subject.own_plan.map(|plan| PlanId::new(plan.id).expect("valid id"));
             harness
                 .engine
                 .put_subject(subject_id(index), &account_id(subject.account), plan)
@@ -1714,11 +1507,7 @@ impl Harness {
             expected.extend(account.updates.drain(..).map(|update| (index, update)));
         }
         let got = std::mem::take(&mut self.step_updates);
-        assert_eq!(
-            merge_lapses(got),
-            merge_lapses(expected),
-            "balance updates of {context}"
-        );
+        assert_eq!(merge_lapses(got), merge_lapses(expected), "balance updates of {context}");
         for (index, unsettled) in self.unsettled.iter().enumerate() {
             assert_eq!(
                 self.account(index).unsettled(),
@@ -1730,21 +1519,15 @@ impl Harness {
     }
 
     fn account(&self, account: usize) -> &AccountState {
-        self.engine
-            .account(&account_id(account))
-            .expect("the account is open")
+        self.engine.account(&account_id(account)).expect("the account is open")
     }
 
     fn record(&mut self, events: &[Event]) {
         for event in events {
-            self.audit
-                .record(event)
-                .unwrap_or_else(|error| panic!("event audit: {error}"));
+            self.audit.record(event).unwrap_or_else(|error| panic!("event audit: {error}"));
             if let Event::Balance(update) = event {
-                let account = ACCOUNTS
-                    .iter()
-                    .position(|spec| spec.id == update.account.as_str())
-                    .expect("a known account");
+                let account =
+                    ACCOUNTS.iter().position(|spec| spec.id == update.account.as_str()).expect("a known account");
                 self.unsettled[account].push(update.clone());
                 let source = match &update.source {
                     BalanceSource::Grant(grant) => grant.to_string(),
@@ -1755,13 +1538,10 @@ impl Harness {
                     BalanceCause::Grant { .. } => "grant",
                     BalanceCause::Expiry => "expiry",
                 };
-                self.step_updates
-                    .push((account, (source, update.delta, cause)));
+                self.step_updates.push((account, (source, update.delta, cause)));
             }
         }
-        self.audit
-            .check_links()
-            .unwrap_or_else(|error| panic!("event audit: {error}"));
+        self.audit.check_links().unwrap_or_else(|error| panic!("event audit: {error}"));
     }
 
     fn key(&mut self, choice: &KeyChoice) -> IdempotencyKey {
@@ -1787,9 +1567,7 @@ impl Harness {
                 let boundaries = self.boundaries();
                 if !boundaries.is_empty() {
                     let boundary = boundaries[index.index(boundaries.len())];
-                    self.clock = self
-                        .clock
-                        .max(boundary.saturating_add_signed(i64::from(*offset)));
+                    self.clock = self.clock.max(boundary.saturating_add_signed(i64::from(*offset)));
                 }
             }
             Operation::Use(operation) => {
@@ -1809,20 +1587,13 @@ impl Harness {
             }
             Operation::Capture(reservation, quantity, key) => {
                 if let Some((subject, reservation)) = self.pick_reservation(reservation) {
-                    let request = CaptureRequest {
-                        reservation,
-                        quantity: *quantity,
-                        idempotency_key: self.key(key),
-                    };
+                    let request = CaptureRequest { reservation, quantity: *quantity, idempotency_key: self.key(key) };
                     self.issue(Issued::Capture(subject, request));
                 }
             }
             Operation::Release(reservation, key) => {
                 if let Some((subject, reservation)) = self.pick_reservation(reservation) {
-                    let request = ReleaseRequest {
-                        reservation,
-                        idempotency_key: self.key(key),
-                    };
+                    let request = ReleaseRequest { reservation, idempotency_key: self.key(key) };
                     self.issue(Issued::Release(subject, request));
                 }
             }
@@ -1839,16 +1610,11 @@ impl Harness {
             }
             Operation::Settle(account) => {
                 let updates = std::mem::take(&mut self.unsettled[*account]);
-                let state = self
-                    .engine
-                    .account_mut(&account_id(*account))
-                    .expect("the account is open");
+                let state = self.engine.account_mut(&account_id(*account)).expect("the account is open");
                 for update in &updates {
                     assert_eq!(
                         state.settle(update),
-                        Ok(Settlement::Applied {
-                            write_off: Credits::ZERO
-                        }),
+                        Ok(Settlement::Applied { write_off: Credits::ZERO }),
                         "settling {update:?}"
                     );
                 }
@@ -1874,12 +1640,7 @@ impl Harness {
         for account in &self.model.accounts {
             boundaries.extend(account.grants.iter().filter_map(|grant| grant.expires_at));
             boundaries.extend(account.keys.values().map(|record| record.expires_at));
-            boundaries.extend(
-                account
-                    .reservations
-                    .values()
-                    .map(|reservation| reservation.expires_at),
-            );
+            boundaries.extend(account.reservations.values().map(|reservation| reservation.expires_at));
         }
         boundaries.retain(|boundary| *boundary > self.clock);
         boundaries.sort_unstable();
@@ -1893,10 +1654,7 @@ impl Harness {
                 let open = self.reservations.iter().filter(|(subject, id)| {
                     let account = &self.model.accounts[SUBJECTS[*subject].account];
                     let now = account.now(self.clock);
-                    account
-                        .reservations
-                        .get(id)
-                        .is_some_and(|reservation| reservation.expires_at > now)
+                    account.reservations.get(id).is_some_and(|reservation| reservation.expires_at > now)
                 });
                 (open.copied().collect(), index)
             }
@@ -1908,8 +1666,7 @@ impl Harness {
     fn use_request(&mut self, operation: &UseOperation) -> Issued {
         let attributes = match operation.resolution {
             Some(index) => {
-                Attributes::new(vec![("res".to_string(), RESOLUTIONS[index].to_string())])
-                    .expect("valid attributes")
+                Attributes::new(vec![("res".to_string(), RESOLUTIONS[index].to_string())]).expect("valid attributes")
             }
             None => Attributes::default(),
         };
@@ -1978,37 +1735,19 @@ impl Harness {
         match (expected, got) {
             (Err(expected), Err(error)) => {
                 assert_eq!(classify(&error), expected, "{context}");
-                assert_eq!(
-                    self.account(account),
-                    before,
-                    "a refusal changed the account: {context}"
-                );
+                assert_eq!(self.account(account), before, "a refusal changed the account: {context}");
                 None
             }
             (Ok(Expected::Replay(answer)), Ok(outcome)) => {
-                let stored = stored(&answer)
-                    .unwrap_or_else(|| panic!("{context}: the key first answered {answer:?}"));
+                let stored = stored(&answer).unwrap_or_else(|| panic!("{context}: the key first answered {answer:?}"));
                 assert!(outcome.replayed, "a replay is marked: {context}");
-                assert!(
-                    outcome.events.is_empty(),
-                    "a replay records nothing: {context}"
-                );
-                assert_eq!(
-                    *outcome.result, **stored,
-                    "a replay repeats the answer: {context}"
-                );
-                assert_eq!(
-                    self.account(account),
-                    before,
-                    "a replay changed the account: {context}"
-                );
+                assert!(outcome.events.is_empty(), "a replay records nothing: {context}");
+                assert_eq!(*outcome.result, **stored, "a replay repeats the answer: {context}");
+                assert_eq!(self.account(account), before, "a replay changed the account: {context}");
                 None
             }
             (Ok(Expected::Fresh(expected)), Ok(outcome)) => {
-                assert!(
-                    !outcome.replayed,
-                    "a fresh answer is not a replay: {context}"
-                );
+                assert!(!outcome.replayed, "a fresh answer is not a replay: {context}");
                 Some((expected, outcome))
             }
             (expected, got) => {
@@ -2052,9 +1791,7 @@ impl Harness {
             self.check_fresh_decision(subject, expected, &outcome, swept, &context);
             let decision = &outcome.result;
             if let (Some(info), Some(reservation)) = (decision.reservation, reservation) {
-                self.model.accounts[account]
-                    .reservations
-                    .insert(info.id, reservation);
+                self.model.accounts[account].reservations.insert(info.id, reservation);
                 self.reservations.push((subject, info.id));
             }
             self.model.accounts[account].remember(
@@ -2070,9 +1807,7 @@ impl Harness {
         let account = SUBJECTS[subject].account;
         let before = self.account(account).clone();
         let expected = self.model.capture(account, &request, self.clock);
-        let got = self
-            .engine
-            .capture(&subject_id(subject), &request, at(self.clock));
+        let got = self.engine.capture(&subject_id(subject), &request, at(self.clock));
         let context = format!("clock {}: {request:?}", self.clock);
         let fresh = self.compare_outcome(account, &before, &context, expected, got, as_decision);
         if let Some((expected, outcome)) = fresh {
@@ -2090,9 +1825,7 @@ impl Harness {
         let account = SUBJECTS[subject].account;
         let before = self.account(account).clone();
         let expected = self.model.release(account, &request, self.clock);
-        let got = self
-            .engine
-            .release(&subject_id(subject), &request, at(self.clock));
+        let got = self.engine.release(&subject_id(subject), &request, at(self.clock));
         let context = format!("clock {}: {request:?}", self.clock);
         let fresh = self.compare_outcome(account, &before, &context, expected, got, as_released);
         if let Some((expected, outcome)) = fresh {
@@ -2111,13 +1844,8 @@ impl Harness {
     fn add_grant(&mut self, account: usize, request: GrantRequest) {
         let before = self.account(account).clone();
         let expected = self.model.add_grant(account, &request, self.clock);
-        let got = self
-            .engine
-            .add_grant(&account_id(account), &request, at(self.clock));
-        let context = format!(
-            "clock {}: {request:?} on {}",
-            self.clock, ACCOUNTS[account].id
-        );
+        let got = self.engine.add_grant(&account_id(account), &request, at(self.clock));
+        let context = format!("clock {}: {request:?} on {}", self.clock, ACCOUNTS[account].id);
         let fresh = self.compare_outcome(account, &before, &context, expected, got, as_grant);
         if let Some(((now, available), outcome)) = fresh {
             let expected = GrantAdded {
@@ -2194,9 +1922,7 @@ impl Harness {
             credits_short: decision.credits_short.micros(),
             available: decision.available.micros(),
             windows: decision.windows.iter().map(window_view).collect(),
-            reservation_expires_at: decision
-                .reservation
-                .map(|reservation| reservation.expires_at.millis()),
+            reservation_expires_at: decision.reservation.map(|reservation| reservation.expires_at.millis()),
         }
     }
 
@@ -2218,9 +1944,7 @@ impl Harness {
     /// After every step: the engine's own invariants, and every window,
     /// grant and open reservation each subject sees, against the oracle.
     fn check_state(&self, context: &str) {
-        self.engine
-            .check_invariants()
-            .unwrap_or_else(|error| panic!("invariant broken after {context}: {error}"));
+        self.engine.check_invariants().unwrap_or_else(|error| panic!("invariant broken after {context}: {error}"));
         for (index, model) in self.model.accounts.iter().enumerate() {
             assert_eq!(
                 self.account(index).open_reservations(),
@@ -2242,38 +1966,16 @@ impl Harness {
                 .into_iter()
                 .map(|(owner, window)| account.view(owner, window, now))
                 .collect();
-            assert_eq!(
-                self.views(windows),
-                self.views(expected_windows),
-                "windows of {} after {context}",
-                spec.id
-            );
-            let grants: Vec<(String, u64)> = usage
-                .grants
-                .iter()
-                .map(|grant| (grant.id.to_string(), grant.available().micros()))
-                .collect();
-            let mut expected_grants: Vec<&GrantModel> = account
-                .grants
-                .iter()
-                .filter(|grant| !grant.expired(now))
-                .collect();
+            assert_eq!(self.views(windows), self.views(expected_windows), "windows of {} after {context}", spec.id);
+            let grants: Vec<(String, u64)> =
+                usage.grants.iter().map(|grant| (grant.id.to_string(), grant.available().micros())).collect();
+            let mut expected_grants: Vec<&GrantModel> =
+                account.grants.iter().filter(|grant| !grant.expired(now)).collect();
             expected_grants.sort_by_key(|grant| grant.spending_order());
-            let expected_grants: Vec<(String, u64)> = expected_grants
-                .into_iter()
-                .map(|grant| (grant.id.clone(), grant.left))
-                .collect();
-            assert_eq!(
-                grants, expected_grants,
-                "grants of {} after {context}",
-                spec.id
-            );
-            assert_eq!(
-                usage.available.micros(),
-                account.available(now),
-                "available to {} after {context}",
-                spec.id
-            );
+            let expected_grants: Vec<(String, u64)> =
+                expected_grants.into_iter().map(|grant| (grant.id.clone(), grant.left)).collect();
+            assert_eq!(grants, expected_grants, "grants of {} after {context}", spec.id);
+            assert_eq!(usage.available.micros(), account.available(now), "available to {} after {context}", spec.id);
         }
     }
 
@@ -2292,23 +1994,11 @@ impl Harness {
         let allowed_at = |time: u64| account.evaluate(ask, time, now).credits.is_ok();
         match decision.retry_at.map(Timestamp::millis) {
             Some(retry_at) => {
-                assert!(
-                    retry_at > now,
-                    "retry_at {retry_at} not after {now}: {context}"
-                );
-                assert!(
-                    allowed_at(retry_at),
-                    "still denied at retry_at {retry_at}: {context}"
-                );
-                assert!(
-                    !allowed_at(retry_at - 1),
-                    "already allowed before retry_at {retry_at}: {context}"
-                );
+                assert!(retry_at > now, "retry_at {retry_at} not after {now}: {context}");
+                assert!(allowed_at(retry_at), "still denied at retry_at {retry_at}: {context}");
+                assert!(!allowed_at(retry_at - 1), "already allowed before retry_at {retry_at}: {context}");
             }
-            None => assert!(
-                !allowed_at(now + FOREVER),
-                "retry_at is None but waiting helps: {context}"
-            ),
+            None => assert!(!allowed_at(now + FOREVER), "retry_at is None but waiting helps: {context}"),
         }
     }
 
@@ -2316,18 +2006,10 @@ impl Harness {
     /// a replay repeats the deny), the account is as the request found it.
     fn check_deny_changed_nothing(&self, account: usize, swept: AccountState, context: &str) {
         let after = self.account(account);
-        assert_eq!(
-            after.wallet(),
-            swept.wallet(),
-            "a deny changed the wallet: {context}"
-        );
+        assert_eq!(after.wallet(), swept.wallet(), "a deny changed the wallet: {context}");
         assert_eq!(after.last_seen(), swept.last_seen(), "{context}");
         assert_eq!(after.unsettled(), swept.unsettled(), "{context}");
-        assert_eq!(
-            after.open_reservations(),
-            swept.open_reservations(),
-            "{context}"
-        );
+        assert_eq!(after.open_reservations(), swept.open_reservations(), "{context}");
         let catalog = self.engine.catalog();
         for (subject, spec) in SUBJECTS.iter().enumerate() {
             if spec.account != account {
@@ -2357,15 +2039,9 @@ impl Harness {
 fn merge_lapses(updates: Vec<(usize, Update)>) -> Vec<(usize, Update)> {
     let mut merged: Vec<(usize, Update)> = Vec::new();
     for (account, (source, delta, cause)) in updates {
-        let same_lapse =
-            merged
-                .iter_mut()
-                .find(|(other_account, (other_source, _, other_cause))| {
-                    cause == "expiry"
-                        && *other_cause == "expiry"
-                        && *other_account == account
-                        && *other_source == source
-                });
+        let same_lapse = merged.iter_mut().find(|(other_account, (other_source, _, other_cause))| {
+            cause == "expiry" && *other_cause == "expiry" && *other_account == account && *other_source == source
+        });
         match same_lapse {
             Some((_, (_, sum, _))) => *sum += delta,
             None => merged.push((account, (source, delta, cause))),
@@ -2388,8 +2064,7 @@ fn window_view(report: &window::WindowReport) -> WindowView {
 /// event and debits summing to the charge; anything else records none (only
 /// grants lapsing on the way).
 fn check_decision_events(decision: &Decision, events: &[Event], context: &str) {
-    let consumed =
-        decision.allowed && matches!(decision.kind, DecisionKind::Decide | DecisionKind::Capture);
+    let consumed = decision.allowed && matches!(decision.kind, DecisionKind::Decide | DecisionKind::Capture);
     if !consumed {
         check_no_usage(events, context);
         return;
@@ -2401,10 +2076,7 @@ fn check_decision_events(decision: &Decision, events: &[Event], context: &str) {
             _ => None,
         })
         .collect();
-    let monetization = events
-        .iter()
-        .filter(|event| matches!(event, Event::Monetization(_)))
-        .count();
+    let monetization = events.iter().filter(|event| matches!(event, Event::Monetization(_))).count();
     let debited: i128 = events
         .iter()
         .filter_map(|event| match event {
@@ -2415,17 +2087,9 @@ fn check_decision_events(decision: &Decision, events: &[Event], context: &str) {
         })
         .sum();
     assert_eq!(usage.len(), 1, "{context}");
-    assert_eq!(
-        (usage[0].quantity, usage[0].window_units),
-        (decision.quantity, decision.window_units()),
-        "{context}"
-    );
+    assert_eq!((usage[0].quantity, usage[0].window_units), (decision.quantity, decision.window_units()), "{context}");
     assert_eq!(monetization, 1, "{context}");
-    assert_eq!(
-        debited,
-        i128::from(decision.credits_charged.micros()),
-        "{context}"
-    );
+    assert_eq!(debited, i128::from(decision.credits_charged.micros()), "{context}");
 }
 
 /// Only grants lapsing: no usage, no monetization, no debit.
@@ -2441,11 +2105,7 @@ fn check_no_usage(events: &[Event], context: &str) {
 // The properties.
 
 fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
+    Config { cases, failure_persistence: None, ..Config::default() }
 }
 
 proptest! {

@@ -45,16 +45,11 @@ pub enum Command {
 /// What a command answered, with the events it recorded.
 #[derive(Debug, Clone)]
 pub enum Response {
-    Done {
-        events: Vec<Event>,
-    },
+    Done { events: Vec<Event> },
     Decision(Outcome<Decision>),
     Released(Outcome<Released>),
     GrantAdded(Outcome<GrantAdded>),
-    Settled {
-        settlement: Settlement,
-        events: Vec<Event>,
-    },
+    Settled { settlement: Settlement, events: Vec<Event> },
 }
 
 impl Response {
@@ -100,50 +95,28 @@ impl std::fmt::Display for Refusal {
 pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<Response, Refusal> {
     let core = Refusal::Core;
     match command {
-        Command::OpenAccount {
-            account,
-            plan,
-            overdraft,
-        } => engine
+        Command::OpenAccount { account, plan, overdraft } => engine
             .open_account(account.clone(), plan, *overdraft, now)
             .map(|events| Response::Done { events })
             .map_err(core),
-        Command::SetPlan {
-            account,
-            plan,
-            overdraft,
-        } => engine
-            .set_plan(account, plan, *overdraft)
-            .map(|()| Response::Done { events: Vec::new() })
-            .map_err(core),
-        Command::PutSubject {
-            subject,
-            account,
-            plan,
-        } => engine
+        Command::SetPlan { account, plan, overdraft } => {
+            engine.set_plan(account, plan, *overdraft).map(|()| Response::Done { events: Vec::new() }).map_err(core)
+        }
+        Command::PutSubject { subject, account, plan } => engine
             .put_subject(subject.clone(), account, plan.clone())
             .map(|()| Response::Done { events: Vec::new() })
             .map_err(core),
-        Command::Decide(request) => engine
-            .decide(request, now)
-            .map(Response::Decision)
-            .map_err(core),
-        Command::Reserve(request) => engine
-            .reserve(request, now)
-            .map(Response::Decision)
-            .map_err(core),
-        Command::Capture { subject, request } => engine
-            .capture(subject, request, now)
-            .map(Response::Decision)
-            .map_err(core),
-        Command::Release { subject, request } => engine
-            .release(subject, request, now)
-            .map(Response::Released)
-            .map_err(core),
-        Command::AddGrant { account, request } => engine
-            .add_grant(account, request, now)
-            .map(Response::GrantAdded)
-            .map_err(core),
+        Command::Decide(request) => engine.decide(request, now).map(Response::Decision).map_err(core),
+        Command::Reserve(request) => engine.reserve(request, now).map(Response::Decision).map_err(core),
+        Command::Capture { subject, request } => {
+            engine.capture(subject, request, now).map(Response::Decision).map_err(core)
+        }
+        Command::Release { subject, request } => {
+            engine.release(subject, request, now).map(Response::Released).map_err(core)
+        }
+        Command::AddGrant { account, request } => {
+            engine.add_grant(account, request, now).map(Response::GrantAdded).map_err(core)
+        }
         Command::Settle(update) => {
             let settlement = engine.settle(update).map_err(Refusal::Settle)?;
             let events = match settlement {
@@ -160,8 +133,6 @@ pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<R
             };
             Ok(Response::Settled { settlement, events })
         }
-        Command::Advance => Ok(Response::Done {
-            events: engine.advance_all(now),
-        }),
+        Command::Advance => Ok(Response::Done { events: engine.advance_all(now) }),
     }
 }

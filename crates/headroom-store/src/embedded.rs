@@ -49,11 +49,7 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(data_directory: impl Into<PathBuf>) -> StoreConfig {
-        StoreConfig {
-            data_directory: data_directory.into(),
-            snapshot_every_commands: 1_000_000,
-            group_commit: true,
-        }
+        StoreConfig { data_directory: data_directory.into(), snapshot_every_commands: 1_000_000, group_commit: true }
     }
 }
 
@@ -65,15 +61,8 @@ pub(crate) enum Request {
 }
 
 enum WriteJob {
-    Frame {
-        batch: u64,
-        bytes: Vec<u8>,
-        replies: Vec<(Reply, Result<Response, StoreError>)>,
-    },
-    Snapshot {
-        batch: u64,
-        bytes: Vec<u8>,
-    },
+    Frame { batch: u64, bytes: Vec<u8>, replies: Vec<(Reply, Result<Response, StoreError>)> },
+    Snapshot { batch: u64, bytes: Vec<u8> },
 }
 
 pub struct EmbeddedStore {
@@ -124,8 +113,7 @@ impl EmbeddedStore {
         let closing = Arc::new(AtomicBool::new(false));
         let settlement_thread = {
             let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
-            let (durable, settlement, closing) =
-                (durable.clone(), settlement.clone(), closing.clone());
+            let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());
             std::thread::Builder::new()
                 .name("headroom-settlement".to_string())
                 .spawn(move || settlement::run(directory, requests, durable, settlement, closing))
@@ -134,11 +122,8 @@ impl EmbeddedStore {
         let engine_thread = {
             let failed = failed.clone();
             let engine_config = config.clone();
-            let (engine, last_batch, pending) = (
-                recovered.engine,
-                recovered.last_batch,
-                recovered.commands_since_snapshot,
-            );
+            let (engine, last_batch, pending) =
+                (recovered.engine, recovered.last_batch, recovered.commands_since_snapshot);
             std::thread::Builder::new()
                 .name("headroom-engine".to_string())
                 .spawn(move || {
@@ -191,8 +176,7 @@ impl EmbeddedStore {
     }
 
     pub fn settlement_lag(&self) -> Result<SettlementLag, StoreError> {
-        let unsettled_updates =
-            self.query(|engine| engine.accounts().map(|account| account.unsettled()).sum())?;
+        let unsettled_updates = self.query(|engine| engine.accounts().map(|account| account.unsettled()).sum())?;
         Ok(SettlementLag {
             durable_batch: self.durable.get(),
             settled_batch: self.settlement.settled_batch.load(Ordering::SeqCst),
@@ -224,9 +208,7 @@ impl EmbeddedStore {
     fn send(&self, request: Request) -> Result<(), Box<Request>> {
         let sender = self.requests.lock().expect("not poisoned").clone();
         match sender {
-            Some(sender) => sender
-                .send(request)
-                .map_err(|mpsc::SendError(request)| Box::new(request)),
+            Some(sender) => sender.send(request).map_err(|mpsc::SendError(request)| Box::new(request)),
             None => Err(Box::new(request)),
         }
     }
@@ -243,25 +225,17 @@ impl Store for EmbeddedStore {
         if let Err(request) = self.send(Request::Command(command, reply))
             && let Request::Command(_, reply) = *request
         {
-            reply(Err(StoreError::Unavailable(
-                "the store is closed".to_string(),
-            )));
+            reply(Err(StoreError::Unavailable("the store is closed".to_string())));
         }
     }
 
-    fn query<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Engine) -> T + Send + 'static,
-    ) -> Result<T, StoreError> {
+    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
         let (sender, receiver) = mpsc::sync_channel(1);
         let query: Query = Box::new(move |engine| {
             let _ = sender.send(read(engine));
         });
-        self.send(Request::Query(query))
-            .map_err(|_| StoreError::Unavailable("the store is closed".to_string()))?;
-        receiver
-            .recv()
-            .map_err(|_| StoreError::Unavailable("the store stopped".to_string()))
+        self.send(Request::Query(query)).map_err(|_| StoreError::Unavailable("the store is closed".to_string()))?;
+        receiver.recv().map_err(|_| StoreError::Unavailable("the store stopped".to_string()))
     }
 }
 
@@ -294,9 +268,7 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
                 return Err(StoreError::Corrupt {
                     file: path.clone(),
                     offset: 0,
-                    reason: format!(
-                        "batch {batch} follows batch {last_batch}: part of the log is missing"
-                    ),
+                    reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
                 });
             }
             for logged in &commands {
@@ -306,9 +278,7 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
                     return Err(StoreError::Corrupt {
                         file: path.clone(),
                         offset: 0,
-                        reason: format!(
-                            "batch {batch} does not replay to what was recorded: {replayed:?}"
-                        ),
+                        reason: format!("batch {batch} does not replay to what was recorded: {replayed:?}"),
                     });
                 }
             }
@@ -321,12 +291,7 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
     }
     let (path, length) = tail.unwrap_or_else(|| (log::segment_path(directory, last_batch + 1), 0));
     let writer = SegmentWriter::open(directory, &path, length)?;
-    Ok(Recovered {
-        engine,
-        last_batch,
-        commands_since_snapshot,
-        writer,
-    })
+    Ok(Recovered { engine, last_batch, commands_since_snapshot, writer })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -340,11 +305,7 @@ fn engine_loop(
     writes: SyncSender<WriteJob>,
     failed: Arc<AtomicBool>,
 ) {
-    let batch_max = if config.group_commit {
-        BATCH_COMMANDS_MAX
-    } else {
-        1
-    };
+    let batch_max = if config.group_commit { BATCH_COMMANDS_MAX } else { 1 };
     let mut waiting: Vec<Request> = Vec::with_capacity(batch_max);
     while let Ok(first) = requests.recv() {
         waiting.push(first);
@@ -360,20 +321,14 @@ fn engine_loop(
             match request {
                 Request::Query(query) => query(&engine),
                 Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
-                    reply(Err(StoreError::Unavailable(
-                        "a write to the log failed; reopen the store".to_string(),
-                    )));
+                    reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
                 }
                 Request::Command(command, reply) => {
                     let now = clock.now();
                     match apply(&mut engine, &command, now) {
                         Ok(mut response) => {
                             let events = response.take_events();
-                            logged.push(Logged {
-                                at: now,
-                                command,
-                                events,
-                            });
+                            logged.push(Logged { at: now, command, events });
                             replies.push((reply, Ok(response)));
                         }
                         // Changed nothing, but answered in order with the rest.
@@ -395,27 +350,14 @@ fn engine_loop(
             log::encode_frame(&mut bytes, last_batch, &logged);
             last_batch
         };
-        if writes
-            .send(WriteJob::Frame {
-                batch,
-                bytes,
-                replies,
-            })
-            .is_err()
-        {
+        if writes.send(WriteJob::Frame { batch, bytes, replies }).is_err() {
             return;
         }
         if commands_since_snapshot >= config.snapshot_every_commands {
             let accounts: Vec<_> = engine.accounts().collect();
             let bytes = snapshot::encode(last_batch, &accounts);
             commands_since_snapshot = 0;
-            if writes
-                .send(WriteJob::Snapshot {
-                    batch: last_batch,
-                    bytes,
-                })
-                .is_err()
-            {
+            if writes.send(WriteJob::Snapshot { batch: last_batch, bytes }).is_err() {
                 return;
             }
         }
@@ -431,11 +373,7 @@ fn writer_loop(
 ) {
     for job in jobs {
         match job {
-            WriteJob::Frame {
-                batch,
-                bytes,
-                replies,
-            } => {
+            WriteJob::Frame { batch, bytes, replies } => {
                 let written = if bytes.is_empty() || failed.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
@@ -443,9 +381,7 @@ fn writer_loop(
                 };
                 if let Err(error) = &written {
                     failed.store(true, Ordering::SeqCst);
-                    eprintln!(
-                        "headroom: writing the log failed, refusing further commands: {error}"
-                    );
+                    eprintln!("headroom: writing the log failed, refusing further commands: {error}");
                 }
                 let failure = failed.load(Ordering::SeqCst);
                 if !failure && !bytes.is_empty() {
@@ -453,9 +389,7 @@ fn writer_loop(
                 }
                 for (reply, result) in replies {
                     if failure {
-                        reply(Err(StoreError::Unavailable(
-                            "the log could not be written".to_string(),
-                        )));
+                        reply(Err(StoreError::Unavailable("the log could not be written".to_string())));
                     } else {
                         reply(result);
                     }
@@ -465,9 +399,7 @@ fn writer_loop(
                 if failed.load(Ordering::SeqCst) {
                     continue;
                 }
-                if let Err(error) = snapshot::write(&directory, batch, &bytes)
-                    .and_then(|()| prune(&directory, batch))
-                {
+                if let Err(error) = snapshot::write(&directory, batch, &bytes).and_then(|()| prune(&directory, batch)) {
                     // The log still holds everything: a failed snapshot costs restart time only.
                     eprintln!("headroom: snapshot at batch {batch} failed: {error}");
                 }

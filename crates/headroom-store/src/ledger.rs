@@ -37,12 +37,7 @@ pub struct LedgerPage {
 }
 
 /// The entries of `account` with a sequence after `after`, at most `limit`.
-pub fn read(
-    directory: &Path,
-    account: &AccountId,
-    after: u64,
-    limit: usize,
-) -> Result<LedgerPage, StoreError> {
+pub fn read(directory: &Path, account: &AccountId, after: u64, limit: usize) -> Result<LedgerPage, StoreError> {
     let limit = limit.clamp(1, LEDGER_PAGE_ENTRIES_MAX);
     // One more than the page, to know whether another page follows.
     let last_wanted = after + limit as u64 + 1;
@@ -68,8 +63,7 @@ pub fn read(
                 match event {
                     // Sequences are gapless within an account: a page is a range of them.
                     Event::Balance(update)
-                        if &update.account == account
-                            && (after + 1..=last_wanted).contains(&update.sequence) =>
+                        if &update.account == account && (after + 1..=last_wanted).contains(&update.sequence) =>
                     {
                         let linked = matches!(update.cause, BalanceCause::Debit { .. });
                         by_id.insert(update.id, update.sequence);
@@ -85,9 +79,8 @@ pub fn read(
                         );
                     }
                     Event::Correction(correction) if &correction.account == account => {
-                        if let Some(entry) = by_id
-                            .get(&correction.update)
-                            .and_then(|sequence| entries.get_mut(sequence))
+                        if let Some(entry) =
+                            by_id.get(&correction.update).and_then(|sequence| entries.get_mut(sequence))
                         {
                             entry.correction = Some(correction.clone());
                         }
@@ -100,10 +93,6 @@ pub fn read(
     })?;
     let more = entries.len() > limit;
     let entries: Vec<LedgerEntry> = entries.into_values().take(limit).collect();
-    let next = if more {
-        entries.last().map(|entry| entry.update.sequence)
-    } else {
-        None
-    };
+    let next = if more { entries.last().map(|entry| entry.update.sequence) } else { None };
     Ok(LedgerPage { entries, next })
 }

@@ -50,10 +50,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn io(path: &Path, error: std::io::Error) -> StoreError {
-        StoreError::Io {
-            path: path.to_path_buf(),
-            message: error.to_string(),
-        }
+        StoreError::Io { path: path.to_path_buf(), message: error.to_string() }
     }
 
     /// Whether the same command may succeed if tried again later.
@@ -72,16 +69,8 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Refused(refusal) => refusal.fmt(f),
             StoreError::Unavailable(reason) => write!(f, "storage unavailable: {reason}"),
-            StoreError::Corrupt {
-                file,
-                offset,
-                reason,
-            } => {
-                write!(
-                    f,
-                    "{} is corrupt at offset {offset}: {reason}",
-                    file.display()
-                )
+            StoreError::Corrupt { file, offset, reason } => {
+                write!(f, "{} is corrupt at offset {offset}: {reason}", file.display())
             }
             StoreError::Io { path, message } => write!(f, "{}: {message}", path.display()),
             StoreError::CatalogChanged { path } => write!(
@@ -104,10 +93,7 @@ pub trait Store: Send + Sync {
     fn submit(&self, command: Command, reply: Reply);
 
     /// Reads the engine's current state.
-    fn query<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Engine) -> T + Send + 'static,
-    ) -> Result<T, StoreError>;
+    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError>;
 
     /// Runs `command` and waits for its answer.
     fn execute(&self, command: Command) -> Result<Response, StoreError> {
@@ -118,9 +104,7 @@ pub trait Store: Send + Sync {
                 let _ = sender.send(result);
             }),
         );
-        receiver
-            .recv()
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
+        receiver.recv().unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
     }
 }
 
@@ -131,9 +115,8 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)] // The adapter that injects real time.
     fn now(&self) -> Timestamp {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the system clock is after 1970");
+        let since_epoch =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("the system clock is after 1970");
         Timestamp::from_millis(since_epoch.as_millis() as u64)
     }
 }

@@ -53,19 +53,13 @@ pub fn list_segments(directory: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError
     list_numbered(directory, "wal-", ".log")
 }
 
-pub fn list_numbered(
-    directory: &Path,
-    prefix: &str,
-    suffix: &str,
-) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+pub fn list_numbered(directory: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(directory).map_err(|error| StoreError::io(directory, error))? {
         let entry = entry.map_err(|error| StoreError::io(directory, error))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(number) = name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(suffix))
+        if let Some(number) = name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix))
             && let Ok(number) = number.parse::<u64>()
         {
             found.push((number, entry.path()));
@@ -78,14 +72,10 @@ pub fn list_numbered(
 pub fn encode_frame(buffer: &mut Vec<u8>, batch: u64, commands: &Batch) {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
-    let payload =
-        postcard::to_extend(commands, std::mem::take(buffer)).expect("commands serialize");
+    let payload = postcard::to_extend(commands, std::mem::take(buffer)).expect("commands serialize");
     *buffer = payload;
     let length = buffer.len() - start - FRAME_HEADER_BYTES;
-    assert!(
-        length <= FRAME_PAYLOAD_BYTES_MAX,
-        "a batch frame of {length} bytes"
-    );
+    assert!(length <= FRAME_PAYLOAD_BYTES_MAX, "a batch frame of {length} bytes");
     buffer[start + 8..start + 16].copy_from_slice(&batch.to_le_bytes());
     let checksum = crc32fast::hash(&buffer[start + 8..]);
     buffer[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
@@ -103,9 +93,7 @@ pub struct SegmentContents {
 /// one that may end in a torn frame.
 pub fn read_segment(path: &Path, last: bool) -> Result<SegmentContents, StoreError> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut file| file.read_to_end(&mut bytes))
-        .map_err(|error| StoreError::io(path, error))?;
+    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(|error| StoreError::io(path, error))?;
     let file_length = bytes.len() as u64;
     let mut frames = Vec::new();
     let mut offset = 0usize;
@@ -140,19 +128,11 @@ pub fn read_segment(path: &Path, last: bool) -> Result<SegmentContents, StoreErr
         }
         let batch = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
         let commands: Batch = postcard::from_bytes(&bytes[offset + FRAME_HEADER_BYTES..end])
-            .map_err(|error| {
-                damaged(&format!(
-                    "checksum matches but the frame does not decode: {error}"
-                ))
-            })?;
+            .map_err(|error| damaged(&format!("checksum matches but the frame does not decode: {error}")))?;
         frames.push((batch, commands));
         offset = end;
     }
-    Ok(SegmentContents {
-        frames,
-        valid_length: offset as u64,
-        file_length,
-    })
+    Ok(SegmentContents { frames, valid_length: offset as u64, file_length })
 }
 
 /// The open segment the writer appends to.
@@ -165,38 +145,21 @@ pub struct SegmentWriter {
 impl SegmentWriter {
     /// Opens `path` for appending at `length` (cutting off a torn tail).
     pub fn open(directory: &Path, path: &Path, length: u64) -> Result<SegmentWriter, StoreError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|error| StoreError::io(path, error))?;
-        if file
-            .metadata()
-            .map_err(|error| StoreError::io(path, error))?
-            .len()
-            != length
-        {
-            file.set_len(length)
-                .map_err(|error| StoreError::io(path, error))?;
-            file.sync_all()
-                .map_err(|error| StoreError::io(path, error))?;
+        let file =
+            OpenOptions::new().create(true).append(true).open(path).map_err(|error| StoreError::io(path, error))?;
+        if file.metadata().map_err(|error| StoreError::io(path, error))?.len() != length {
+            file.set_len(length).map_err(|error| StoreError::io(path, error))?;
+            file.sync_all().map_err(|error| StoreError::io(path, error))?;
         }
         sync_directory(directory)?;
-        Ok(SegmentWriter {
-            directory: directory.to_path_buf(),
-            file,
-            length,
-        })
+        Ok(SegmentWriter { directory: directory.to_path_buf(), file, length })
     }
 
     /// Appends one frame (a group commit) and makes it durable.
     pub fn append(&mut self, frame: &[u8], first_batch: u64) -> io::Result<()> {
         if self.length >= SEGMENT_BYTES_MAX {
             let path = segment_path(&self.directory, first_batch);
-            self.file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)?;
+            self.file = OpenOptions::new().create_new(true).append(true).open(&path)?;
             self.length = 0;
             sync_directory(&self.directory).map_err(io::Error::other)?;
         }
@@ -209,9 +172,7 @@ impl SegmentWriter {
 
 /// Makes a directory's entries (a new or renamed file) durable.
 pub fn sync_directory(directory: &Path) -> Result<(), StoreError> {
-    File::open(directory)
-        .and_then(|file| file.sync_all())
-        .map_err(|error| StoreError::io(directory, error))
+    File::open(directory).and_then(|file| file.sync_all()).map_err(|error| StoreError::io(directory, error))
 }
 
 /// Reads every durable frame of the directory in order, without changing

@@ -35,16 +35,8 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(catalog: Arc<Catalog>, clock: Arc<dyn Clock>, faults: Faults) -> MemoryStore {
-        let inner = Inner {
-            engine: Engine::new(catalog),
-            log: Vec::new(),
-            faults,
-            random: faults.seed,
-        };
-        MemoryStore {
-            inner: Mutex::new(inner),
-            clock,
-        }
+        let inner = Inner { engine: Engine::new(catalog), log: Vec::new(), faults, random: faults.seed };
+        MemoryStore { inner: Mutex::new(inner), clock }
     }
 
     /// What a restart would recover: the acknowledged log replayed.
@@ -52,13 +44,9 @@ impl MemoryStore {
         let inner = self.inner.lock().expect("not poisoned");
         let mut engine = Engine::new(Arc::new(inner.engine.catalog().clone()));
         for logged in &inner.log {
-            let response = apply(&mut engine, &logged.command, logged.at)
-                .expect("an acknowledged command applies again");
-            assert_eq!(
-                response.events(),
-                logged.events.as_slice(),
-                "replay recorded other events"
-            );
+            let response =
+                apply(&mut engine, &logged.command, logged.at).expect("an acknowledged command applies again");
+            assert_eq!(response.events(), logged.events.as_slice(), "replay recorded other events");
         }
         engine
     }
@@ -101,11 +89,7 @@ impl Store for MemoryStore {
                     Err(StoreError::Unavailable(format!("injected {what} failure")))
                 } else {
                     let events = response.events().to_vec();
-                    inner.log.push(Logged {
-                        at: now,
-                        command,
-                        events,
-                    });
+                    inner.log.push(Logged { at: now, command, events });
                     Ok(response)
                 }
             }
@@ -114,10 +98,7 @@ impl Store for MemoryStore {
         reply(result);
     }
 
-    fn query<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Engine) -> T + Send + 'static,
-    ) -> Result<T, StoreError> {
+    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
         Ok(read(&self.inner.lock().expect("not poisoned").engine))
     }
 }

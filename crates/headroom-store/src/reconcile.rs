@@ -54,19 +54,14 @@ impl std::fmt::Display for ReconcileReport {
         )?;
         writeln!(f, "corrections        {}", self.corrections)?;
         match self.snapshot_checked {
-            Some(batch) => writeln!(
-                f,
-                "snapshot           batch {batch} matches the replayed log"
-            )?,
+            Some(batch) => writeln!(f, "snapshot           batch {batch} matches the replayed log")?,
             None => writeln!(f, "snapshot           none")?,
         }
         if self.discrepancies.is_empty() {
             writeln!(f, "discrepancies      none")
         } else {
             writeln!(f, "discrepancies      {}", self.discrepancies.len())?;
-            self.discrepancies
-                .iter()
-                .try_for_each(|discrepancy| writeln!(f, "  - {discrepancy}"))
+            self.discrepancies.iter().try_for_each(|discrepancy| writeln!(f, "  - {discrepancy}"))
         }
     }
 }
@@ -76,8 +71,7 @@ const DISCREPANCIES_LISTED_MAX: usize = 100;
 
 pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
     let catalog_path = directory.join(CATALOG_FILE);
-    let catalog_text = std::fs::read_to_string(&catalog_path)
-        .map_err(|error| StoreError::io(&catalog_path, error))?;
+    let catalog_text = std::fs::read_to_string(&catalog_path).map_err(|error| StoreError::io(&catalog_path, error))?;
     let catalog = Catalog::from_toml(&catalog_text).map_err(|error| StoreError::Corrupt {
         file: catalog_path.clone(),
         offset: 0,
@@ -98,10 +92,7 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
     log::scan(directory, |batch, path, commands| {
         report.batches += 1;
         if batch != previous_batch + 1 {
-            problems.push(format!(
-                "{}: batch {batch} follows batch {previous_batch}",
-                path.display()
-            ));
+            problems.push(format!("{}: batch {batch} follows batch {previous_batch}", path.display()));
         }
         previous_batch = batch;
         for logged in &commands {
@@ -137,10 +128,7 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
             if let Command::Settle(update) = &logged.command {
                 match updates.get(&update.id) {
                     None if settled.contains(&update.id) => {}
-                    None => problems.push(format!(
-                        "batch {batch}: settlement of unknown balance update {}",
-                        update.id
-                    )),
+                    None => problems.push(format!("batch {batch}: settlement of unknown balance update {}", update.id)),
                     Some(recorded) if recorded != update => {
                         problems.push(format!(
                             "batch {batch}: settlement of {} differs from the update recorded",
@@ -148,17 +136,10 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
                         ));
                     }
                     Some(_) => {
-                        if matches!(
-                            replayed,
-                            Ok(Response::Settled {
-                                settlement: Settlement::Applied { .. },
-                                ..
-                            })
-                        ) {
+                        if matches!(replayed, Ok(Response::Settled { settlement: Settlement::Applied { .. }, .. })) {
                             settled.insert(update.id);
                             updates.remove(&update.id);
-                            *ledger.entry(update.account.clone()).or_default() +=
-                                i128::from(update.delta);
+                            *ledger.entry(update.account.clone()).or_default() += i128::from(update.delta);
                         }
                     }
                 }
@@ -172,9 +153,7 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
             replayed.sort_by_key(|account| account.id().clone());
             stored.sort_by_key(|account| account.id().clone());
             if replayed != stored {
-                problems.push(format!(
-                    "the snapshot at batch {batch} differs from the replayed log"
-                ));
+                problems.push(format!("the snapshot at batch {batch} differs from the replayed log"));
             }
             report.snapshot_checked = Some(batch);
         }
@@ -201,9 +180,7 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
         && report.snapshot_checked.is_none()
         && *batch > 0
     {
-        problems.push(format!(
-            "the snapshot names batch {batch}, which the log does not hold"
-        ));
+        problems.push(format!("the snapshot names batch {batch}, which the log does not hold"));
     }
     report.accounts = engine.accounts().count() as u64;
     report.usage_events = audit.usage_events;
@@ -212,14 +189,9 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
     report.corrections = audit.corrections;
     report.settled_updates = settled.len() as u64;
     let total = problems.len();
-    report.discrepancies = problems
-        .into_iter()
-        .take(DISCREPANCIES_LISTED_MAX)
-        .collect();
+    report.discrepancies = problems.into_iter().take(DISCREPANCIES_LISTED_MAX).collect();
     if total > DISCREPANCIES_LISTED_MAX {
-        report
-            .discrepancies
-            .push(format!("… and {} more", total - DISCREPANCIES_LISTED_MAX));
+        report.discrepancies.push(format!("… and {} more", total - DISCREPANCIES_LISTED_MAX));
     }
     Ok(report)
 }

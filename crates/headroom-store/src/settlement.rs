@@ -30,10 +30,7 @@ pub struct Durable {
 
 impl Durable {
     pub fn new(batch: u64) -> Durable {
-        Durable {
-            batch: Mutex::new(batch),
-            changed: Condvar::new(),
-        }
+        Durable { batch: Mutex::new(batch), changed: Condvar::new() }
     }
 
     pub fn publish(&self, batch: u64) {
@@ -50,9 +47,7 @@ impl Durable {
         let batch = self.batch.lock().expect("not poisoned");
         let (batch, _) = self
             .changed
-            .wait_timeout_while(batch, std::time::Duration::from_millis(50), |batch| {
-                *batch <= after
-            })
+            .wait_timeout_while(batch, std::time::Duration::from_millis(50), |batch| *batch <= after)
             .expect("not poisoned");
         *batch
     }
@@ -86,10 +81,7 @@ fn write_cursor(directory: &Path, batch: u64) -> Result<(), StoreError> {
     let path = directory.join(CURSOR_FILE);
     let temporary = path.with_extension("tmp");
     File::create(&temporary)
-        .and_then(|mut file| {
-            file.write_all(format!("{batch}\n").as_bytes())
-                .and_then(|()| file.sync_all())
-        })
+        .and_then(|mut file| file.write_all(format!("{batch}\n").as_bytes()).and_then(|()| file.sync_all()))
         .map_err(|error| StoreError::io(&temporary, error))?;
     std::fs::rename(&temporary, &path).map_err(|error| StoreError::io(&path, error))?;
     log::sync_directory(directory)
@@ -105,12 +97,7 @@ struct LogTail {
 
 impl LogTail {
     fn new(directory: &Path, next_batch: u64) -> LogTail {
-        LogTail {
-            directory: directory.to_path_buf(),
-            segment: None,
-            offset: 0,
-            next_batch,
-        }
+        LogTail { directory: directory.to_path_buf(), segment: None, offset: 0, next_batch }
     }
 
     /// The next frame, if it is durable (at most `durable`).
@@ -130,19 +117,16 @@ impl LogTail {
             let batch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
             let mut payload = vec![0u8; length];
             let (directory, offset) = (self.directory.clone(), self.offset);
-            let corrupt = |reason: &str| StoreError::Corrupt {
-                file: directory.clone(),
-                offset,
-                reason: reason.to_string(),
-            };
+            let corrupt =
+                |reason: &str| StoreError::Corrupt { file: directory.clone(), offset, reason: reason.to_string() };
             file.read_exact_at(&mut payload, self.offset + FRAME_HEADER_BYTES as u64)
                 .map_err(|_| corrupt("a durable frame is cut short"))?;
             self.offset += (FRAME_HEADER_BYTES + length) as u64;
             if batch < self.next_batch {
                 continue;
             }
-            let commands: Batch = postcard::from_bytes(&payload)
-                .map_err(|_| corrupt("a durable frame does not decode"))?;
+            let commands: Batch =
+                postcard::from_bytes(&payload).map_err(|_| corrupt("a durable frame does not decode"))?;
             self.next_batch = batch + 1;
             return Ok(Some((batch, commands)));
         }
@@ -151,11 +135,8 @@ impl LogTail {
 
     fn open_segment_of(&mut self, batch: u64) -> Result<(), StoreError> {
         let segments = log::list_segments(&self.directory)?;
-        let (_, path) = segments
-            .iter()
-            .rev()
-            .find(|(first, _)| *first <= batch)
-            .ok_or_else(|| StoreError::Corrupt {
+        let (_, path) =
+            segments.iter().rev().find(|(first, _)| *first <= batch).ok_or_else(|| StoreError::Corrupt {
                 file: self.directory.clone(),
                 offset: 0,
                 reason: format!("no log segment holds batch {batch}"),
@@ -196,25 +177,15 @@ fn settle_loop(
         let mut submitted = 0;
         let mut last = cursor;
         while let Some((batch, commands)) = tail.next(durable_batch)? {
-            for update in commands
-                .iter()
-                .flat_map(|logged| &logged.events)
-                .filter_map(|event| match event {
-                    Event::Balance(update) => Some(update.clone()),
-                    _ => None,
-                })
-            {
+            for update in commands.iter().flat_map(|logged| &logged.events).filter_map(|event| match event {
+                Event::Balance(update) => Some(update.clone()),
+                _ => None,
+            }) {
                 let sender = sender.clone();
                 let reply: Reply = Box::new(move |result| {
                     let _ = sender.send(result);
                 });
-                if requests
-                    .send(crate::embedded::Request::Command(
-                        Command::Settle(update),
-                        reply,
-                    ))
-                    .is_err()
-                {
+                if requests.send(crate::embedded::Request::Command(Command::Settle(update), reply)).is_err() {
                     return Ok(());
                 }
                 submitted += 1;

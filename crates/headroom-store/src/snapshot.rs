@@ -46,18 +46,14 @@ pub fn write(directory: &Path, batch: u64, bytes: &[u8]) -> Result<(), StoreErro
     let path = snapshot_path(directory, batch);
     let temporary = path.with_extension("tmp");
     let mut file = File::create(&temporary).map_err(|error| StoreError::io(&temporary, error))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|error| StoreError::io(&temporary, error))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|error| StoreError::io(&temporary, error))?;
     fs::rename(&temporary, &path).map_err(|error| StoreError::io(&path, error))?;
     sync_directory(directory)
 }
 
 pub fn read(path: &Path) -> Result<(u64, Vec<AccountState>), StoreError> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut file| file.read_to_end(&mut bytes))
-        .map_err(|error| StoreError::io(path, error))?;
+    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(|error| StoreError::io(path, error))?;
     let damaged = |offset: usize, reason: &str| StoreError::Corrupt {
         file: path.to_path_buf(),
         offset: offset as u64,
@@ -68,10 +64,7 @@ pub fn read(path: &Path) -> Result<(u64, Vec<AccountState>), StoreError> {
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
-        return Err(damaged(
-            8,
-            &format!("snapshot version {version}, this build reads {VERSION}"),
-        ));
+        return Err(damaged(8, &format!("snapshot version {version}, this build reads {VERSION}")));
     }
     let batch = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let length = u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes")) as usize;
@@ -83,7 +76,7 @@ pub fn read(path: &Path) -> Result<(u64, Vec<AccountState>), StoreError> {
     if crc32fast::hash(payload) != checksum {
         return Err(damaged(HEADER_BYTES, "checksum mismatch"));
     }
-    let accounts = postcard::from_bytes(payload)
-        .map_err(|error| damaged(HEADER_BYTES, &format!("does not decode: {error}")))?;
+    let accounts =
+        postcard::from_bytes(payload).map_err(|error| damaged(HEADER_BYTES, &format!("does not decode: {error}")))?;
     Ok((batch, accounts))
 }

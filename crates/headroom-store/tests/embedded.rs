@@ -8,8 +8,7 @@ use headroom_core::*;
 use headroom_store::*;
 
 fn temporary_directory(name: &str) -> PathBuf {
-    let directory =
-        std::env::temp_dir().join(format!("headroom-store-{name}-{}", std::process::id()));
+    let directory = std::env::temp_dir().join(format!("headroom-store-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
     directory
@@ -28,18 +27,10 @@ fn open(directory: &Path, clock: Arc<FakeClock>) -> Result<EmbeddedStore, StoreE
 fn setup(store: &EmbeddedStore) {
     let account = AccountId::new("acme").unwrap();
     store
-        .execute(Command::OpenAccount {
-            account: account.clone(),
-            plan: PlanId::new("plus").unwrap(),
-            overdraft: None,
-        })
+        .execute(Command::OpenAccount { account: account.clone(), plan: PlanId::new("plus").unwrap(), overdraft: None })
         .unwrap();
     store
-        .execute(Command::PutSubject {
-            subject: SubjectId::new("ada").unwrap(),
-            account: account.clone(),
-            plan: None,
-        })
+        .execute(Command::PutSubject { subject: SubjectId::new("ada").unwrap(), account: account.clone(), plan: None })
         .unwrap();
     store
         .execute(Command::AddGrant {
@@ -73,25 +64,13 @@ fn decide(store: &EmbeddedStore, key: &str) -> Outcome<Decision> {
 
 /// The state once settlement has caught up, so that it is stable.
 fn state(store: &EmbeddedStore) -> Vec<AccountState> {
-    let lag = store
-        .wait_settled(std::time::Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(
-        lag.unsettled_updates, 0,
-        "settlement did not catch up: {lag:?}"
-    );
-    store
-        .query(|engine| engine.accounts().cloned().collect())
-        .unwrap()
+    let lag = store.wait_settled(std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(lag.unsettled_updates, 0, "settlement did not catch up: {lag:?}");
+    store.query(|engine| engine.accounts().cloned().collect()).unwrap()
 }
 
 fn segment(directory: &Path) -> PathBuf {
-    log::list_segments(directory)
-        .unwrap()
-        .last()
-        .unwrap()
-        .1
-        .clone()
+    log::list_segments(directory).unwrap().last().unwrap().1.clone()
 }
 
 #[test]
@@ -100,9 +79,7 @@ fn a_reopened_store_has_exactly_the_acknowledged_state() {
     let clock = clock();
     let store = open(&directory, clock.clone()).unwrap();
     setup(&store);
-    let decisions: Vec<_> = (0..50)
-        .map(|index| decide(&store, &format!("k{index}")).result)
-        .collect();
+    let decisions: Vec<_> = (0..50).map(|index| decide(&store, &format!("k{index}")).result).collect();
     let before = state(&store);
     store.close();
 
@@ -113,10 +90,7 @@ fn a_reopened_store_has_exactly_the_acknowledged_state() {
         assert!(replay.replayed);
         assert_eq!(&replay.result, original);
     }
-    store
-        .query(|engine| engine.check_invariants())
-        .unwrap()
-        .unwrap();
+    store.query(|engine| engine.check_invariants()).unwrap().unwrap();
 }
 
 #[test]
@@ -139,11 +113,7 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
 
     let store = open(&directory, clock.clone()).unwrap();
     assert_eq!(state(&store), before);
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().len(),
-        intact,
-        "the torn tail is cut off"
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), intact, "the torn tail is cut off");
     decide(&store, "after");
     store.close();
     let store = open(&directory, clock).unwrap();
@@ -165,11 +135,7 @@ fn a_last_frame_with_a_bad_checksum_is_a_torn_tail() {
     bytes[last] ^= 0xFF;
     std::fs::write(&path, &bytes).unwrap();
     let store = open(&directory, clock).unwrap();
-    assert_eq!(
-        state(&store),
-        before,
-        "the damaged last frame was never acknowledged"
-    );
+    assert_eq!(state(&store), before, "the damaged last frame was never acknowledged");
 }
 
 #[test]
@@ -186,11 +152,7 @@ fn corruption_before_the_tail_stops_start_up_with_file_and_offset() {
     bytes[20] ^= 0x01; // inside the first frame's payload
     std::fs::write(&path, &bytes).unwrap();
     match open(&directory, clock) {
-        Err(StoreError::Corrupt {
-            file,
-            offset,
-            reason,
-        }) => {
+        Err(StoreError::Corrupt { file, offset, reason }) => {
             assert_eq!(file, path);
             assert_eq!(offset, 0);
             assert_eq!(reason, "checksum mismatch");
@@ -207,8 +169,7 @@ fn snapshots_bound_the_log_and_recover_the_same_state() {
     let mut config = StoreConfig::new(&directory);
     config.snapshot_every_commands = 10;
     config.group_commit = false;
-    let store =
-        EmbeddedStore::open(config.clone(), Arc::new(Catalog::demo()), clock.clone()).unwrap();
+    let store = EmbeddedStore::open(config.clone(), Arc::new(Catalog::demo()), clock.clone()).unwrap();
     setup(&store);
     for index in 0..45 {
         decide(&store, &format!("k{index}"));
@@ -231,35 +192,21 @@ fn concurrent_callers_share_syncs_and_every_answer_is_durable() {
         .map(|thread| {
             let store = store.clone();
             std::thread::spawn(move || {
-                (0..100)
-                    .map(|index| decide(&store, &format!("t{thread}-{index}")).result)
-                    .collect::<Vec<_>>()
+                (0..100).map(|index| decide(&store, &format!("t{thread}-{index}")).result).collect::<Vec<_>>()
             })
         })
         .collect();
-    let answers: Vec<Arc<Decision>> = threads
-        .into_iter()
-        .flat_map(|thread| thread.join().unwrap())
-        .collect();
+    let answers: Vec<Arc<Decision>> = threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
     let before = state(&store);
     store.close();
-    let frames: usize = log::read_segment(&segment(&directory), true)
-        .unwrap()
-        .frames
-        .len();
-    assert!(
-        frames < 803,
-        "800 decisions and 3 setup commands took {frames} frames: no group commit"
-    );
+    let frames: usize = log::read_segment(&segment(&directory), true).unwrap().frames.len();
+    assert!(frames < 803, "800 decisions and 3 setup commands took {frames} frames: no group commit");
 
     let store = open(&directory, clock).unwrap();
     assert_eq!(state(&store), before);
     let allowed = answers.iter().filter(|decision| decision.allowed).count();
     assert!(allowed > 0);
-    store
-        .query(|engine| engine.check_invariants())
-        .unwrap()
-        .unwrap();
+    store.query(|engine| engine.check_invariants()).unwrap().unwrap();
 }
 
 #[test]
@@ -277,14 +224,8 @@ fn settlement_settles_every_update_and_resumes_after_a_restart() {
     assert_eq!(lag.unsettled_updates, 0, "{lag:?}");
     let account = &settled[0];
     assert_eq!(account.unsettled(), 0);
-    assert!(
-        account.wallet().settled_balance() < 50_000_000,
-        "credits were spent and settled"
-    );
-    store
-        .query(|engine| engine.check_invariants())
-        .unwrap()
-        .unwrap();
+    assert!(account.wallet().settled_balance() < 50_000_000, "credits were spent and settled");
+    store.query(|engine| engine.check_invariants()).unwrap().unwrap();
     store.close();
 
     // Forget the cursor: settlement starts over, and settling again changes nothing.
@@ -317,25 +258,13 @@ fn the_ledger_reads_in_pages_with_every_link() {
         }
     }
     let sequences: Vec<u64> = entries.iter().map(|entry| entry.update.sequence).collect();
-    assert_eq!(
-        sequences,
-        (1..=entries.len() as u64).collect::<Vec<_>>(),
-        "in order, no gap"
-    );
+    assert_eq!(sequences, (1..=entries.len() as u64).collect::<Vec<_>>(), "in order, no gap");
     assert!(entries.len() > 5, "credits were spent");
-    assert!(matches!(
-        entries[0].update.cause,
-        BalanceCause::Grant { .. }
-    ));
+    assert!(matches!(entries[0].update.cause, BalanceCause::Grant { .. }));
     for entry in &entries[1..] {
-        let monetization = entry
-            .monetization
-            .as_ref()
-            .expect("a debit links its monetization event");
+        let monetization = entry.monetization.as_ref().expect("a debit links its monetization event");
         let usage = entry.usage.as_ref().expect("and its usage event");
-        assert!(
-            matches!(entry.update.cause, BalanceCause::Debit { monetization: id } if id == monetization.id)
-        );
+        assert!(matches!(entry.update.cause, BalanceCause::Debit { monetization: id } if id == monetization.id));
         assert_eq!(monetization.usage, usage.id);
         assert!(usage.idempotency_key.as_str().starts_with('k'));
     }
@@ -378,24 +307,14 @@ fn reconciliation_passes_on_sound_data_and_names_a_forged_settlement() {
     log::encode_frame(
         &mut bytes,
         next_batch,
-        &vec![log::Logged {
-            at: clock.now(),
-            command: Command::Settle(forged),
-            events: Vec::new(),
-        }],
+        &vec![log::Logged { at: clock.now(), command: Command::Settle(forged), events: Vec::new() }],
     );
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
     std::io::Write::write_all(&mut file, &bytes).unwrap();
 
     let report = reconcile::reconcile(&directory).unwrap();
     assert!(
-        report
-            .discrepancies
-            .iter()
-            .any(|problem| problem.contains("settlement of unknown balance update")),
+        report.discrepancies.iter().any(|problem| problem.contains("settlement of unknown balance update")),
         "{report}"
     );
 }

@@ -10,11 +10,7 @@ use headroom_store::*;
 #[test]
 fn a_failed_write_or_sync_changes_nothing() {
     let clock = Arc::new(FakeClock::new(Timestamp::from_millis(1_795_392_000_000)));
-    let faults = Faults {
-        seed: 7,
-        write_failure_one_in: 5,
-        sync_failure_one_in: 5,
-    };
+    let faults = Faults { seed: 7, write_failure_one_in: 5, sync_failure_one_in: 5 };
     let store = MemoryStore::new(Arc::new(Catalog::demo()), clock.clone(), faults);
     let account = AccountId::new("acme").unwrap();
     let retry = |command: Command| loop {
@@ -23,18 +19,10 @@ fn a_failed_write_or_sync_changes_nothing() {
             other => break other,
         }
     };
-    retry(Command::OpenAccount {
-        account: account.clone(),
-        plan: PlanId::new("plus").unwrap(),
-        overdraft: None,
-    })
-    .unwrap();
-    retry(Command::PutSubject {
-        subject: SubjectId::new("ada").unwrap(),
-        account: account.clone(),
-        plan: None,
-    })
-    .unwrap();
+    retry(Command::OpenAccount { account: account.clone(), plan: PlanId::new("plus").unwrap(), overdraft: None })
+        .unwrap();
+    retry(Command::PutSubject { subject: SubjectId::new("ada").unwrap(), account: account.clone(), plan: None })
+        .unwrap();
 
     let (mut failures, mut acknowledged) = (0, 0);
     for index in 0..400 {
@@ -61,30 +49,21 @@ fn a_failed_write_or_sync_changes_nothing() {
                 preview: false,
             })
         };
-        let before: Vec<AccountState> = store
-            .query(|engine| engine.accounts().cloned().collect())
-            .unwrap();
+        let before: Vec<AccountState> = store.query(|engine| engine.accounts().cloned().collect()).unwrap();
         match store.execute(command) {
             Ok(_) => acknowledged += 1,
             Err(StoreError::Unavailable(message)) => {
                 failures += 1;
                 assert!(message.contains("injected"), "{message}");
-                let after: Vec<AccountState> = store
-                    .query(|engine| engine.accounts().cloned().collect())
-                    .unwrap();
+                let after: Vec<AccountState> = store.query(|engine| engine.accounts().cloned().collect()).unwrap();
                 assert_eq!(before, after, "a failed command changed state");
             }
             Err(other) => panic!("unexpected {other}"),
         }
         // What a restart recovers is exactly what was acknowledged.
         let recovered: Vec<AccountState> = store.recover().accounts().cloned().collect();
-        let live: Vec<AccountState> = store
-            .query(|engine| engine.accounts().cloned().collect())
-            .unwrap();
+        let live: Vec<AccountState> = store.query(|engine| engine.accounts().cloned().collect()).unwrap();
         assert_eq!(recovered, live);
     }
-    assert!(
-        failures > 50 && acknowledged > 50,
-        "{failures} failures, {acknowledged} acknowledged"
-    );
+    assert!(failures > 50 && acknowledged > 50, "{failures} failures, {acknowledged} acknowledged");
 }

@@ -72,22 +72,14 @@ fn main() -> ExitCode {
         Action::Reconcile { data_dir } => match headroom_store::reconcile::reconcile(&data_dir) {
             Ok(report) => {
                 print!("{report}");
-                if report.discrepancies.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
+                if report.discrepancies.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
             }
             Err(error) => {
                 eprintln!("headroom: {error}");
                 ExitCode::from(2)
             }
         },
-        Action::StoreWorker {
-            data_dir,
-            prefix,
-            threads,
-        } => match headroom::worker::run(&data_dir, &prefix, threads) {
+        Action::StoreWorker { data_dir, prefix, threads } => match headroom::worker::run(&data_dir, &prefix, threads) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("headroom: {error}");

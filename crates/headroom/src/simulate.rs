@@ -128,12 +128,7 @@ pub fn run(config: SimulationConfig) -> Result<SimulationReport, SimulationFailu
                 .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
                 .unwrap_or_else(|| "panic".to_string()),
         };
-        return Err(SimulationFailure {
-            seed: config.seed,
-            step,
-            operation,
-            message,
-        });
+        return Err(SimulationFailure { seed: config.seed, step, operation, message });
     }
     simulation.report.operations = config.operations;
     Ok(simulation.report)
@@ -143,9 +138,8 @@ impl Simulation {
     fn new(seed: u64, with_twin: bool) -> Simulation {
         let mut random = Random::new(seed);
         let (catalog_text, features) = random_catalog(&mut random);
-        let catalog = Catalog::from_toml(&catalog_text).unwrap_or_else(|error| {
-            panic!("generated catalog is invalid: {error}\n{catalog_text}")
-        });
+        let catalog = Catalog::from_toml(&catalog_text)
+            .unwrap_or_else(|error| panic!("generated catalog is invalid: {error}\n{catalog_text}"));
         let plans: Vec<PlanId> = catalog.plans.keys().cloned().collect();
         let catalog = Arc::new(catalog);
         let mut engine = Engine::new(catalog.clone());
@@ -159,30 +153,24 @@ impl Simulation {
         for account_index in 0..random.between(1, 4) {
             let account = AccountId::new(&format!("account-{account_index}")).expect("valid id");
             let plan = random.pick(&plans).clone();
-            let overdraft = random
-                .chance(20)
-                .then(|| Credits::from_micros(random.below(5_000_000)));
-            let events = engine
-                .open_account(account.clone(), &plan, overdraft, now)
-                .expect("opens");
+            let overdraft = random.chance(20).then(|| Credits::from_micros(random.below(5_000_000)));
+            let events = engine.open_account(account.clone(), &plan, overdraft, now).expect("opens");
             mirrored.push(Command::OpenAccount { account: account.clone(), plan: plan.clone(), overdraft });
             for event in &events {
                 audit.record(event).expect("opening events are sound");
                 if let Event::Balance(update) = event {
-                    unsettled
-                        .entry(account.clone())
-                        .or_default()
-                        .push(update.clone());
+                    unsettled.entry(account.clone()).or_default().push(update.clone());
                 }
             }
             for subject_index in 0..random.between(1, 3) {
-                let subject = SubjectId::new(&format!("subject-{account_index}-{subject_index}"))
-                    .expect("valid id");
+                let subject = SubjectId::new(&format!("subject-{account_index}-{subject_index}")).expect("valid id");
                 let own_plan = random.chance(30).then(|| random.pick(&plans).clone());
-                engine
-                    .put_subject(subject.clone(), &account, own_plan.clone())
-                    .expect("adds");
-                mirrored.push(Command::PutSubject { subject: subject.clone(), account: account.clone(), plan: own_plan });
+                engine.put_subject(subject.clone(), &account, own_plan.clone()).expect("adds");
+                mirrored.push(Command::PutSubject {
+                    subject: subject.clone(),
+                    account: account.clone(),
+                    plan: own_plan,
+                });
                 subjects.push(subject);
             }
             accounts.push(account);
@@ -224,13 +212,21 @@ impl Simulation {
         result
     }
 
-    fn capture_engine(&mut self, subject: &SubjectId, request: &CaptureRequest) -> Result<Outcome<Decision>, CoreError> {
+    fn capture_engine(
+        &mut self,
+        subject: &SubjectId,
+        request: &CaptureRequest,
+    ) -> Result<Outcome<Decision>, CoreError> {
         let result = self.engine.capture(subject, request, self.clock.now());
         self.mirror_if(result.is_ok(), || Command::Capture { subject: subject.clone(), request: request.clone() });
         result
     }
 
-    fn release_engine(&mut self, subject: &SubjectId, request: &ReleaseRequest) -> Result<Outcome<Released>, CoreError> {
+    fn release_engine(
+        &mut self,
+        subject: &SubjectId,
+        request: &ReleaseRequest,
+    ) -> Result<Outcome<Released>, CoreError> {
         let result = self.engine.release(subject, request, self.clock.now());
         self.mirror_if(result.is_ok(), || Command::Release { subject: subject.clone(), request: request.clone() });
         result
@@ -261,11 +257,14 @@ impl Simulation {
         let Some(twin) = &self.twin else { return Ok(()) };
         for command in self.mirrored.drain(..) {
             loop {
-                let before = twin.query(|engine| engine.accounts().cloned().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+                let before =
+                    twin.query(|engine| engine.accounts().cloned().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
                 match twin.execute(command.clone()) {
                     Ok(_) => break,
                     Err(StoreError::Unavailable(_)) => {
-                        let after = twin.query(|engine| engine.accounts().cloned().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+                        let after = twin
+                            .query(|engine| engine.accounts().cloned().collect::<Vec<_>>())
+                            .map_err(|e| e.to_string())?;
                         if before != after {
                             return Err(format!("a failed twin command changed state: {command:?}"));
                         }
@@ -326,34 +325,14 @@ impl Simulation {
                 _ => pairs.push((attribute, self.random.pick(&values).clone())),
             }
         }
-        let quantity = if self.random.chance(2) {
-            0
-        } else {
-            self.random.between(1, 12)
-        };
-        (
-            subject,
-            feature,
-            quantity,
-            Attributes::new(pairs).expect("valid attributes"),
-        )
+        let quantity = if self.random.chance(2) { 0 } else { self.random.between(1, 12) };
+        (subject, feature, quantity, Attributes::new(pairs).expect("valid attributes"))
     }
 
     fn decide(&mut self, operation: &mut String, preview: bool) -> Result<(), String> {
         let (subject, feature, quantity, attributes) = self.random_use();
-        let idempotency_key = if preview && self.random.chance(50) {
-            None
-        } else {
-            Some(self.key())
-        };
-        let request = DecisionRequest {
-            subject,
-            feature,
-            quantity,
-            attributes,
-            idempotency_key,
-            preview,
-        };
+        let idempotency_key = if preview && self.random.chance(50) { None } else { Some(self.key()) };
+        let request = DecisionRequest { subject, feature, quantity, attributes, idempotency_key, preview };
         *operation = format!("decide {request:?}");
         match self.decide_engine(&request) {
             Ok(outcome) => {
@@ -362,9 +341,10 @@ impl Simulation {
                 if preview {
                     self.report.previews += 1;
                     // Time moving on may expire grants; a preview itself records nothing.
-                    let recorded_usage = outcome.events.iter().any(|event| {
-                        !matches!(event, Event::Balance(update) if update.cause == BalanceCause::Expiry)
-                    });
+                    let recorded_usage = outcome
+                        .events
+                        .iter()
+                        .any(|event| !matches!(event, Event::Balance(update) if update.cause == BalanceCause::Expiry));
                     if recorded_usage {
                         return Err("a preview recorded usage".to_string());
                     }
@@ -381,14 +361,7 @@ impl Simulation {
     fn reserve(&mut self, operation: &mut String) -> Result<(), String> {
         let (subject, feature, quantity, attributes) = self.random_use();
         let lifetime = Some(Duration::from_millis(self.random.between(1, 600_000)));
-        let request = ReserveRequest {
-            subject,
-            feature,
-            quantity,
-            attributes,
-            idempotency_key: self.key(),
-            lifetime,
-        };
+        let request = ReserveRequest { subject, feature, quantity, attributes, idempotency_key: self.key(), lifetime };
         *operation = format!("reserve {request:?}");
         match self.reserve_engine(&request) {
             Ok(outcome) => {
@@ -396,11 +369,7 @@ impl Simulation {
                 self.record(&outcome.events)?;
                 if let Some(reservation) = outcome.result.reservation {
                     self.report.reservations += 1;
-                    self.reservations.push((
-                        request.subject.clone(),
-                        reservation.id,
-                        request.quantity,
-                    ));
+                    self.reservations.push((request.subject.clone(), reservation.id, request.quantity));
                 }
                 self.remember(Remembered::Reserve(request, outcome.result));
                 Ok(())
@@ -420,11 +389,7 @@ impl Simulation {
             1 => estimate,
             _ => estimate + self.random.between(1, 10),
         };
-        let request = CaptureRequest {
-            reservation,
-            quantity,
-            idempotency_key: self.key(),
-        };
+        let request = CaptureRequest { reservation, quantity, idempotency_key: self.key() };
         *operation = format!("capture by {subject} {request:?}");
         match self.capture_engine(&subject, &request) {
             Ok(outcome) => {
@@ -439,8 +404,7 @@ impl Simulation {
                 self.count(&outcome.result);
                 self.record(&outcome.events)?;
                 // Replaying the capture returns the same answer and changes nothing.
-                let replay = self.capture_engine(&subject, &request)
-                    .map_err(|error| error.to_string())?;
+                let replay = self.capture_engine(&subject, &request).map_err(|error| error.to_string())?;
                 if !replay.replayed || replay.result != outcome.result {
                     return Err("a replayed capture did not return the original".to_string());
                 }
@@ -460,10 +424,7 @@ impl Simulation {
             return Ok(());
         };
         let (subject, reservation, _) = self.reservations.swap_remove(index);
-        let request = ReleaseRequest {
-            reservation,
-            idempotency_key: self.key(),
-        };
+        let request = ReleaseRequest { reservation, idempotency_key: self.key() };
         *operation = format!("release by {subject} {request:?}");
         match self.release_engine(&subject, &request) {
             Ok(outcome) => {
@@ -488,16 +449,8 @@ impl Simulation {
         let kind = *self.random.pick(&GrantKind::ALL);
         let expires_at = match self.random.below(3) {
             0 => None,
-            1 => Some(
-                self.clock
-                    .now()
-                    .saturating_add(Duration::from_millis(self.random.between(1, 7_200_000))),
-            ),
-            _ => Some(
-                self.clock
-                    .now()
-                    .saturating_add(Duration::from_days(self.random.between(1, 30))),
-            ),
+            1 => Some(self.clock.now().saturating_add(Duration::from_millis(self.random.between(1, 7_200_000)))),
+            _ => Some(self.clock.now().saturating_add(Duration::from_days(self.random.between(1, 30)))),
         };
         let key = self.key();
         let request = GrantRequest {
@@ -513,8 +466,7 @@ impl Simulation {
             Ok(outcome) => {
                 self.report.grants += 1;
                 self.record(&outcome.events)?;
-                let replay = self.grant_engine(&account, &request)
-                    .map_err(|error| error.to_string())?;
+                let replay = self.grant_engine(&account, &request).map_err(|error| error.to_string())?;
                 if !replay.replayed || !replay.events.is_empty() {
                     return Err("a replayed grant granted again".to_string());
                 }
@@ -542,11 +494,7 @@ impl Simulation {
             Remembered::Decide(request, _) => &request.subject,
             Remembered::Reserve(request, _) => &request.subject,
         };
-        let account = self
-            .engine
-            .account_of(subject)
-            .map_err(|error| error.to_string())?
-            .clone();
+        let account = self.engine.account_of(subject).map_err(|error| error.to_string())?.clone();
         let before = self.wallet_of(&account);
         let (replayed, original) = match &remembered {
             Remembered::Decide(request, original) => {
@@ -576,11 +524,7 @@ impl Simulation {
                     Remembered::Decide(request, _) => Remembered::Decide(request, outcome.result),
                     Remembered::Reserve(request, _) => {
                         if let Some(reservation) = outcome.result.reservation {
-                            self.reservations.push((
-                                request.subject.clone(),
-                                reservation.id,
-                                request.quantity,
-                            ));
+                            self.reservations.push((request.subject.clone(), reservation.id, request.quantity));
                         }
                         Remembered::Reserve(request, outcome.result)
                     }
@@ -602,11 +546,7 @@ impl Simulation {
             changed.quantity += 1;
         }
         *operation = format!("conflict {changed:?}");
-        let account = self
-            .engine
-            .account_of(&changed.subject)
-            .map_err(|error| error.to_string())?
-            .clone();
+        let account = self.engine.account_of(&changed.subject).map_err(|error| error.to_string())?.clone();
         let before = self.wallet_of(&account);
         match self.decide_engine(&changed) {
             Err(CoreError::IdempotencyConflict(_)) => {
@@ -663,9 +603,7 @@ impl Simulation {
             0 => {
                 self.report.clock_steps_back += 1;
                 let back = Duration::from_millis(self.random.between(1, 3_600_000));
-                self.clock.set(Timestamp::from_millis(
-                    self.clock.now().millis().saturating_sub(back.millis()),
-                ));
+                self.clock.set(Timestamp::from_millis(self.clock.now().millis().saturating_sub(back.millis())));
                 *operation = format!("clock back {back:?}");
                 return;
             }
@@ -677,9 +615,7 @@ impl Simulation {
     }
 
     fn wallet_of(&self, account: &AccountId) -> Option<headroom_core::wallet::Wallet> {
-        self.engine
-            .account(account)
-            .map(|state| state.wallet().clone())
+        self.engine.account(account).map(|state| state.wallet().clone())
     }
 
     /// Keeps a bounded sample of earlier calls to replay.
@@ -721,10 +657,7 @@ impl Simulation {
             self.audit.record(event)?;
             self.report.events += 1;
             if let Event::Balance(update) = event {
-                self.unsettled
-                    .entry(update.account.clone())
-                    .or_default()
-                    .push(update.clone());
+                self.unsettled.entry(update.account.clone()).or_default().push(update.clone());
             }
         }
         self.audit.check_links()?;
@@ -778,17 +711,10 @@ fn random_catalog(random: &mut Random) -> (String, Vec<PricedFeature>) {
             .expect("writes to a string");
             features.push((
                 FeatureId::new(&id).expect("valid"),
-                vec![(
-                    "tier".to_string(),
-                    vec!["low".to_string(), "high".to_string()],
-                )],
+                vec![("tier".to_string(), vec!["low".to_string(), "high".to_string()])],
             ));
         } else {
-            let price = if random.chance(15) {
-                0
-            } else {
-                random.between(1, 2_000_000)
-            };
+            let price = if random.chance(15) { 0 } else { random.between(1, 2_000_000) };
             writeln!(text, "price = {price}").expect("writes to a string");
             features.push((FeatureId::new(&id).expect("valid"), Vec::new()));
         }
@@ -804,27 +730,15 @@ fn random_catalog(random: &mut Random) -> (String, Vec<PricedFeature>) {
         .expect("writes to a string");
     }
     for plan in ["small", "large"] {
-        writeln!(
-            text,
-            "[plans.{plan}]\noverdraft = {}",
-            if random.chance(30) {
-                random.below(3_000_000)
-            } else {
-                0
-            }
-        )
-        .expect("writes to a string");
+        writeln!(text, "[plans.{plan}]\noverdraft = {}", if random.chance(30) { random.below(3_000_000) } else { 0 })
+            .expect("writes to a string");
         for window in 0..random.between(0, 3) {
             let meters = if with_group && random.chance(40) {
                 "shared".to_string()
             } else {
                 format!("feature-{}", random.below(feature_count))
             };
-            let scope = if random.chance(25) {
-                "account"
-            } else {
-                "subject"
-            };
+            let scope = if random.chance(25) { "account" } else { "subject" };
             let capacity = random.between(1, 40);
             writeln!(text, "[[plans.{plan}.windows]]\nid = \"w{window}\"\nmeters = \"{meters}\"\nscope = \"{scope}\"\ncapacity = {capacity}")
                 .expect("writes to a string");
@@ -836,10 +750,7 @@ fn random_catalog(random: &mut Random) -> (String, Vec<PricedFeature>) {
                     random.below(period_ms)
                 ),
                 1 => writeln!(text, "kind = \"anchored\"\nperiod = \"{period_ms}ms\""),
-                2 => writeln!(
-                    text,
-                    "kind = \"sliding\"\nperiod = \"{period_ms}ms\"\nbuckets = 10"
-                ),
+                2 => writeln!(text, "kind = \"sliding\"\nperiod = \"{period_ms}ms\"\nbuckets = 10"),
                 _ => writeln!(
                     text,
                     "kind = \"token_bucket\"\nrefill = {}\nper = \"{period_ms}ms\"",
@@ -849,8 +760,12 @@ fn random_catalog(random: &mut Random) -> (String, Vec<PricedFeature>) {
             .expect("writes to a string");
         }
         if random.chance(40) {
-            writeln!(text, "[[plans.{plan}.included_grants]]\nkind = \"free_tier\"\ncredits = {}\nexpires_after = \"1h\"", random.between(1, 5_000_000))
-                .expect("writes to a string");
+            writeln!(
+                text,
+                "[[plans.{plan}.included_grants]]\nkind = \"free_tier\"\ncredits = {}\nexpires_after = \"1h\"",
+                random.between(1, 5_000_000)
+            )
+            .expect("writes to a string");
         }
     }
     (text, features)
@@ -862,10 +777,7 @@ mod tests {
 
     #[test]
     fn the_same_seed_replays_the_same_run() {
-        let config = SimulationConfig {
-            seed: 42,
-            operations: 2_000,
-        };
+        let config = SimulationConfig { seed: 42, operations: 2_000, twin: true };
         assert_eq!(run(config), run(config));
     }
 }

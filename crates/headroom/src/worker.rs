@@ -37,16 +37,10 @@ pub fn run(data_directory: &Path, prefix: &str, threads: u64) -> Result<(), Stor
     Ok(())
 }
 
-fn work(
-    store: &EmbeddedStore,
-    output: &Mutex<std::io::Stdout>,
-    prefix: &str,
-) -> Result<(), StoreError> {
+fn work(store: &EmbeddedStore, output: &Mutex<std::io::Stdout>, prefix: &str) -> Result<(), StoreError> {
     let print = |line: String| {
         let mut stdout = output.lock().expect("not poisoned");
-        writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .expect("stdout");
+        writeln!(stdout, "{line}").and_then(|()| stdout.flush()).expect("stdout");
     };
     for index in 0.. {
         let key = format!("{prefix}-{index}");
@@ -62,12 +56,8 @@ fn work(
         };
         print(format!("reserve {key} {} {}", reserved.id, reservation.id));
         let capture_key = format!("{key}-capture");
-        let captured =
-            decision(store.execute(workload::capture(&capture_key, &key, reservation.id))?);
-        print(format!(
-            "capture {capture_key} {key} {} {}",
-            reservation.id, captured.id
-        ));
+        let captured = decision(store.execute(workload::capture(&capture_key, &key, reservation.id))?);
+        print(format!("capture {capture_key} {key} {} {}", reservation.id, captured.id));
     }
     Ok(())
 }

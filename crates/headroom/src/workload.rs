@@ -18,9 +18,7 @@ fn key(text: &str) -> IdempotencyKey {
 
 /// A stable number from a key, to derive the request's fields.
 fn spread(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Commands that make the account, its subjects and its credits; safe to
@@ -33,11 +31,7 @@ pub fn setup() -> Vec<Command> {
         overdraft: None,
     }];
     for index in 0..SUBJECTS {
-        commands.push(Command::PutSubject {
-            subject: subject(index),
-            account: account.clone(),
-            plan: None,
-        });
+        commands.push(Command::PutSubject { subject: subject(index), account: account.clone(), plan: None });
     }
     commands.push(Command::AddGrant {
         account,

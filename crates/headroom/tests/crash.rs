@@ -42,14 +42,7 @@ fn every_acknowledged_operation_survives_sigkill() {
 /// and returns every line it acknowledged before dying.
 fn run_and_kill(directory: &Path, run: u64, operations: u64) -> Vec<String> {
     let mut worker = Process::new(env!("CARGO_BIN_EXE_headroom"))
-        .args([
-            "store-worker",
-            "--threads",
-            "4",
-            "--prefix",
-            &format!("run{run}"),
-            "--data-dir",
-        ])
+        .args(["store-worker", "--threads", "4", "--prefix", &format!("run{run}"), "--data-dir"])
         .arg(directory)
         .stdout(Stdio::piped())
         .spawn()
@@ -82,12 +75,7 @@ fn reconcile(directory: &Path, stopped: bool) {
         let mut files: Vec<(String, u64)> = std::fs::read_dir(directory)
             .unwrap()
             .map(|entry| entry.unwrap())
-            .map(|entry| {
-                (
-                    entry.file_name().to_string_lossy().into_owned(),
-                    entry.metadata().unwrap().len(),
-                )
-            })
+            .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.metadata().unwrap().len()))
             .collect();
         files.sort();
         files
@@ -99,39 +87,20 @@ fn reconcile(directory: &Path, stopped: bool) {
         .output()
         .expect("runs reconcile");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "reconcile failed:\n{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "reconcile failed:\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("discrepancies      none"), "{stdout}");
     if stopped {
-        assert_eq!(
-            listing(directory),
-            before,
-            "reconcile changed the data directory"
-        );
+        assert_eq!(listing(directory), before, "reconcile changed the data directory");
     }
 }
 
 fn verify(directory: &Path, acknowledged: &[String]) {
-    let store = EmbeddedStore::open(
-        StoreConfig::new(directory),
-        Arc::new(Catalog::demo()),
-        Arc::new(SystemClock),
-    )
-    .expect("recovers after SIGKILL");
+    let store = EmbeddedStore::open(StoreConfig::new(directory), Arc::new(Catalog::demo()), Arc::new(SystemClock))
+        .expect("recovers after SIGKILL");
     // Settlement resumes on its own; let it finish so that state is still.
-    let lag = store
-        .wait_settled(std::time::Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(
-        lag.unsettled_updates, 0,
-        "settlement did not resume: {lag:?}"
-    );
-    let before: Vec<AccountState> = store
-        .query(|engine| engine.accounts().cloned().collect())
-        .unwrap();
+    let lag = store.wait_settled(std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(lag.unsettled_updates, 0, "settlement did not resume: {lag:?}");
+    let before: Vec<AccountState> = store.query(|engine| engine.accounts().cloned().collect()).unwrap();
     for line in acknowledged {
         let fields: Vec<&str> = line.split(' ').collect();
         let (command, expected) = match fields[..] {
@@ -146,22 +115,13 @@ fn verify(directory: &Path, acknowledged: &[String]) {
         match store.execute(command) {
             Ok(Response::Decision(outcome)) => {
                 assert!(outcome.replayed, "acknowledged {line:?} was lost");
-                assert_eq!(
-                    outcome.result.id.to_string(),
-                    expected,
-                    "{line:?} replayed another decision"
-                );
+                assert_eq!(outcome.result.id.to_string(), expected, "{line:?} replayed another decision");
             }
             other => panic!("replaying {line:?} answered {other:?}"),
         }
     }
-    let after: Vec<AccountState> = store
-        .query(|engine| engine.accounts().cloned().collect())
-        .unwrap();
+    let after: Vec<AccountState> = store.query(|engine| engine.accounts().cloned().collect()).unwrap();
     assert!(before == after, "replaying acknowledged keys changed state");
-    store
-        .query(|engine| engine.check_invariants())
-        .unwrap()
-        .expect("invariants hold after recovery");
+    store.query(|engine| engine.check_invariants()).unwrap().expect("invariants hold after recovery");
     store.close();
 }

@@ -60,17 +60,13 @@ use std::ops::RangeInclusive;
 
 use toml::{Table, Value};
 
-use super::{
-    Catalog, Feature, Group, IncludedGrant, Metered, Plan, Price, Scope, Settings, WindowKind,
-    WindowSpec,
-};
+use super::{Catalog, Feature, Group, IncludedGrant, Metered, Plan, Price, Scope, Settings, WindowKind, WindowSpec};
 use crate::GrantKind;
 use crate::ids::{FeatureId, GroupId, IdError, PlanId, WindowId};
 use crate::limits::{
-    ATTRIBUTE_LENGTH_MAX, CATALOG_DURATION_MAX, GRANT_MICROS_MAX, GROUP_WEIGHT_MAX,
-    IDEMPOTENCY_RETENTION_DEFAULT, IDEMPOTENCY_RETENTION_MIN, INCLUDED_GRANTS_PER_PLAN_MAX,
-    OVERDRAFT_MICROS_MAX, PRICE_MICROS_MAX, SLIDING_BUCKETS_DEFAULT, SLIDING_BUCKETS_MAX,
-    UNIT_LENGTH_MAX, WINDOW_CAPACITY_MAX, WINDOWS_PER_PLAN_MAX,
+    ATTRIBUTE_LENGTH_MAX, CATALOG_DURATION_MAX, GRANT_MICROS_MAX, GROUP_WEIGHT_MAX, IDEMPOTENCY_RETENTION_DEFAULT,
+    IDEMPOTENCY_RETENTION_MIN, INCLUDED_GRANTS_PER_PLAN_MAX, OVERDRAFT_MICROS_MAX, PRICE_MICROS_MAX,
+    SLIDING_BUCKETS_DEFAULT, SLIDING_BUCKETS_MAX, UNIT_LENGTH_MAX, WINDOW_CAPACITY_MAX, WINDOWS_PER_PLAN_MAX,
 };
 use crate::money::Credits;
 use crate::time::Duration;
@@ -87,11 +83,7 @@ pub struct CatalogError {
 
 impl fmt::Display for CatalogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -101,47 +93,27 @@ impl std::error::Error for CatalogError {}
 /// order: groups name features, and windows name features or groups.
 pub fn parse(text: &str) -> Result<Catalog, CatalogError> {
     let document: Table = text.parse().map_err(|error| syntax_error(text, &error))?;
-    let root = Section {
-        table: &document,
-        path: Path::root(),
-    };
+    let root = Section { table: &document, path: Path::root() };
     root.only(&["settings", "features", "groups", "plans"])?;
     let settings = match root.optional("settings") {
         Some(field) => parse_settings(&field.table()?)?,
-        None => Settings {
-            default_grant_expiry: None,
-            idempotency_retention: IDEMPOTENCY_RETENTION_DEFAULT,
-        },
+        None => Settings { default_grant_expiry: None, idempotency_retention: IDEMPOTENCY_RETENTION_DEFAULT },
     };
-    let features = parse_entries(
-        &root.non_empty_table("features", "feature")?,
-        FeatureId::new,
-        parse_feature,
-    )?;
+    let features = parse_entries(&root.non_empty_table("features", "feature")?, FeatureId::new, parse_feature)?;
     let groups = match root.optional("groups") {
-        Some(field) => parse_entries(&field.table()?, GroupId::new, |id, section| {
-            parse_group(id, section, &features)
-        })?,
+        Some(field) => parse_entries(&field.table()?, GroupId::new, |id, section| parse_group(id, section, &features))?,
         None => BTreeMap::new(),
     };
-    let plans = parse_entries(
-        &root.non_empty_table("plans", "plan")?,
-        PlanId::new,
-        |id, section| parse_plan(id, section, &features, &groups),
-    )?;
+    let plans = parse_entries(&root.non_empty_table("plans", "plan")?, PlanId::new, |id, section| {
+        parse_plan(id, section, &features, &groups)
+    })?;
     Ok(Catalog::new(features, groups, plans, settings))
 }
 
 /// A syntax error is located by line and column: there is no field path yet.
 fn syntax_error(text: &str, error: &toml::de::Error) -> CatalogError {
-    let path = error
-        .span()
-        .map(|span| line_and_column(text, span.start))
-        .unwrap_or_default();
-    CatalogError {
-        path,
-        message: error.message().trim_end().to_owned(),
-    }
+    let path = error.span().map(|span| line_and_column(text, span.start)).unwrap_or_default();
+    CatalogError { path, message: error.message().trim_end().to_owned() }
 }
 
 /// One-based line and column (in characters) of a byte offset.
@@ -173,10 +145,7 @@ fn parse_settings(section: &Section<'_>) -> Result<Settings, CatalogError> {
         Some(field) => field.duration_at_least(IDEMPOTENCY_RETENTION_MIN)?,
         None => IDEMPOTENCY_RETENTION_DEFAULT,
     };
-    Ok(Settings {
-        default_grant_expiry,
-        idempotency_retention,
-    })
+    Ok(Settings { default_grant_expiry, idempotency_retention })
 }
 
 fn parse_feature(id: FeatureId, section: Section<'_>) -> Result<Feature, CatalogError> {
@@ -197,19 +166,12 @@ fn parse_price(section: &Section<'_>) -> Result<Price, CatalogError> {
             Ok(Price::Flat(price.credits(0..=PRICE_MICROS_MAX)?))
         }
         (None, Some(attribute)) => parse_price_by_attribute(section, &attribute),
-        (Some(_), Some(_)) => Err(section
-            .path
-            .error("expected exactly one of price or price_by, found both")),
-        (None, None) => Err(section
-            .path
-            .error("missing field \"price\" (or \"price_by\" and \"prices\")")),
+        (Some(_), Some(_)) => Err(section.path.error("expected exactly one of price or price_by, found both")),
+        (None, None) => Err(section.path.error("missing field \"price\" (or \"price_by\" and \"prices\")")),
     }
 }
 
-fn parse_price_by_attribute(
-    section: &Section<'_>,
-    attribute: &Field<'_>,
-) -> Result<Price, CatalogError> {
+fn parse_price_by_attribute(section: &Section<'_>, attribute: &Field<'_>) -> Result<Price, CatalogError> {
     let attribute = attribute.text(ATTRIBUTE_LENGTH_MAX)?.to_owned();
     let table = section.required("prices")?.table()?;
     if table.table.is_empty() {
@@ -224,11 +186,7 @@ fn parse_price_by_attribute(
         Some(field) => Some(field.credits(0..=PRICE_MICROS_MAX)?),
         None => None,
     };
-    Ok(Price::ByAttribute {
-        attribute,
-        prices,
-        default,
-    })
+    Ok(Price::ByAttribute { attribute, prices, default })
 }
 
 fn parse_group(
@@ -246,10 +204,7 @@ fn parse_group(
         let Some((feature, _)) = features.get_key_value(name) else {
             return Err(field.path.error("unknown feature"));
         };
-        weights.insert(
-            feature.clone(),
-            field.integer("an integer weight", 1..=GROUP_WEIGHT_MAX)?,
-        );
+        weights.insert(feature.clone(), field.integer("an integer weight", 1..=GROUP_WEIGHT_MAX)?);
     }
     Ok(Group { id, weights })
 }
@@ -267,21 +222,10 @@ fn parse_plan(
     };
     let windows = section.array_of_tables("windows", WINDOWS_PER_PLAN_MAX, "windows per plan")?;
     let windows = parse_windows(&windows, features, groups)?;
-    let grants = section.array_of_tables(
-        "included_grants",
-        INCLUDED_GRANTS_PER_PLAN_MAX,
-        "included grants per plan",
-    )?;
-    let included_grants = grants
-        .iter()
-        .map(parse_included_grant)
-        .collect::<Result<_, _>>()?;
-    Ok(Plan {
-        id,
-        windows,
-        overdraft,
-        included_grants,
-    })
+    let grants =
+        section.array_of_tables("included_grants", INCLUDED_GRANTS_PER_PLAN_MAX, "included grants per plan")?;
+    let included_grants = grants.iter().map(parse_included_grant).collect::<Result<_, _>>()?;
+    Ok(Plan { id, windows, overdraft, included_grants })
 }
 
 fn parse_windows(
@@ -294,10 +238,7 @@ fn parse_windows(
     for (index, section) in sections.iter().enumerate() {
         let window = parse_window(section, features, groups)?;
         if let Some(first) = first_index_of.insert(window.id.clone(), index) {
-            let message = format!(
-                "duplicate window id \"{}\" (also windows[{first}])",
-                window.id
-            );
+            let message = format!("duplicate window id \"{}\" (also windows[{first}])", window.id);
             return Err(section.path.key("id").error(message));
         }
         windows.push(window);
@@ -306,9 +247,8 @@ fn parse_windows(
 }
 
 /// Every field a window may have; which of the last five apply depends on its kind.
-const WINDOW_FIELDS: [&str; 10] = [
-    "id", "meters", "scope", "kind", "capacity", "period", "offset", "buckets", "refill", "per",
-];
+const WINDOW_FIELDS: [&str; 10] =
+    ["id", "meters", "scope", "kind", "capacity", "period", "offset", "buckets", "refill", "per"];
 
 /// The fields of each window kind, beyond the common ones.
 const WINDOW_KINDS: [(&str, &[&str]); 4] = [
@@ -331,16 +271,8 @@ fn parse_window(
         None => Scope::Subject,
     };
     let kind = parse_window_kind(section)?;
-    let capacity = section
-        .required("capacity")?
-        .integer("an integer of units", 1..=WINDOW_CAPACITY_MAX)?;
-    Ok(WindowSpec {
-        id,
-        metered,
-        scope,
-        capacity,
-        kind,
-    })
+    let capacity = section.required("capacity")?.integer("an integer of units", 1..=WINDOW_CAPACITY_MAX)?;
+    Ok(WindowSpec { id, metered, scope, capacity, kind })
 }
 
 /// A window meters a feature or a group, named by id. A name that is both
@@ -354,12 +286,8 @@ fn parse_metered(
     match (features.get_key_value(name), groups.get_key_value(name)) {
         (Some((feature, _)), None) => Ok(Metered::Feature(feature.clone())),
         (None, Some((group, _))) => Ok(Metered::Group(group.clone())),
-        (Some(_), Some(_)) => Err(field.path.error(format!(
-            "ambiguous: \"{name}\" is both a feature and a group"
-        ))),
-        (None, None) => Err(field
-            .path
-            .error(format!("no feature or group is named \"{name}\""))),
+        (Some(_), Some(_)) => Err(field.path.error(format!("ambiguous: \"{name}\" is both a feature and a group"))),
+        (None, None) => Err(field.path.error(format!("no feature or group is named \"{name}\""))),
     }
 }
 
@@ -367,9 +295,7 @@ fn parse_scope(field: &Field<'_>) -> Result<Scope, CatalogError> {
     match field.string()? {
         "subject" => Ok(Scope::Subject),
         "account" => Ok(Scope::Account),
-        other => Err(field.path.error(format!(
-            "unknown scope \"{other}\", expected one of: subject, account"
-        ))),
+        other => Err(field.path.error(format!("unknown scope \"{other}\", expected one of: subject, account"))),
     }
 }
 
@@ -378,35 +304,23 @@ fn parse_window_kind(section: &Section<'_>) -> Result<WindowKind, CatalogError> 
     let name = field.string()?;
     let Some((_, own_fields)) = WINDOW_KINDS.iter().find(|(kind, _)| *kind == name) else {
         let kinds: Vec<&str> = WINDOW_KINDS.iter().map(|(kind, _)| *kind).collect();
-        let message = format!(
-            "unknown window kind \"{name}\", expected one of: {}",
-            kinds.join(", ")
-        );
+        let message = format!("unknown window kind \"{name}\", expected one of: {}", kinds.join(", "));
         return Err(field.path.error(message));
     };
     reject_fields_of_other_kinds(section, name, own_fields)?;
     match name {
         "fixed" => parse_fixed(section),
-        "anchored" => Ok(WindowKind::Anchored {
-            period: section.required("period")?.positive_duration()?,
-        }),
+        "anchored" => Ok(WindowKind::Anchored { period: section.required("period")?.positive_duration()? }),
         "sliding" => parse_sliding(section),
         _ => parse_token_bucket(section),
     }
 }
 
-fn reject_fields_of_other_kinds(
-    section: &Section<'_>,
-    kind: &str,
-    own_fields: &[&str],
-) -> Result<(), CatalogError> {
+fn reject_fields_of_other_kinds(section: &Section<'_>, kind: &str, own_fields: &[&str]) -> Result<(), CatalogError> {
     let kind_fields = WINDOW_KINDS.iter().flat_map(|(_, fields)| fields.iter());
     for field in kind_fields.filter(|field| !own_fields.contains(field)) {
         if section.table.contains_key(*field) {
-            let message = format!(
-                "not valid for a {kind} window, whose own fields are: {}",
-                own_fields.join(", ")
-            );
+            let message = format!("not valid for a {kind} window, whose own fields are: {}", own_fields.join(", "));
             return Err(section.path.key(field).error(message));
         }
     }
@@ -435,33 +349,22 @@ fn parse_sliding(section: &Section<'_>) -> Result<WindowKind, CatalogError> {
     let period = period_field.positive_duration()?;
     let buckets_field = section.optional("buckets");
     let buckets = match &buckets_field {
-        Some(field) => field.integer(
-            "an integer number of buckets",
-            1..=u64::from(SLIDING_BUCKETS_MAX),
-        )?,
+        Some(field) => field.integer("an integer number of buckets", 1..=u64::from(SLIDING_BUCKETS_MAX))?,
         None => u64::from(SLIDING_BUCKETS_DEFAULT),
     };
     // Buckets of whole milliseconds keep bucket boundaries exact, so that the
     // conservative count never drifts from the rule it approximates.
     if !period.millis().is_multiple_of(buckets) {
-        let message = format!(
-            "a period of {} ms does not split into {buckets} buckets of whole milliseconds",
-            period.millis()
-        );
-        return Err(buckets_field
-            .as_ref()
-            .unwrap_or(&period_field)
-            .path
-            .error(message));
+        let message =
+            format!("a period of {} ms does not split into {buckets} buckets of whole milliseconds", period.millis());
+        return Err(buckets_field.as_ref().unwrap_or(&period_field).path.error(message));
     }
     let buckets = u32::try_from(buckets).expect("buckets are at most SLIDING_BUCKETS_MAX, a u32");
     Ok(WindowKind::Sliding { period, buckets })
 }
 
 fn parse_token_bucket(section: &Section<'_>) -> Result<WindowKind, CatalogError> {
-    let refill = section
-        .required("refill")?
-        .integer("an integer of units", 1..=WINDOW_CAPACITY_MAX)?;
+    let refill = section.required("refill")?.integer("an integer of units", 1..=WINDOW_CAPACITY_MAX)?;
     let per = section.required("per")?.positive_duration()?;
     Ok(WindowKind::TokenBucket { refill, per })
 }
@@ -479,22 +382,14 @@ fn parse_included_grant(section: &Section<'_>) -> Result<IncludedGrant, CatalogE
         Some(field) => Some(field.positive_duration()?),
         None => None,
     };
-    Ok(IncludedGrant {
-        kind,
-        credits,
-        priority,
-        expires_after,
-    })
+    Ok(IncludedGrant { kind, credits, priority, expires_after })
 }
 
 fn parse_grant_kind(field: &Field<'_>) -> Result<GrantKind, CatalogError> {
     let name = field.string()?;
     GrantKind::parse(name).ok_or_else(|| {
         let kinds: Vec<&str> = GrantKind::ALL.iter().map(|kind| kind.as_str()).collect();
-        field.path.error(format!(
-            "unknown grant kind \"{name}\", expected one of: {}",
-            kinds.join(", ")
-        ))
+        field.path.error(format!("unknown grant kind \"{name}\", expected one of: {}", kinds.join(", ")))
     })
 }
 
@@ -528,11 +423,7 @@ impl Path {
 
     fn key(&self, key: &str) -> Path {
         let key = toml_key(key);
-        if self.0.is_empty() {
-            Path(key)
-        } else {
-            Path(format!("{}.{key}", self.0))
-        }
+        if self.0.is_empty() { Path(key) } else { Path(format!("{}.{key}", self.0)) }
     }
 
     fn index(&self, index: usize) -> Path {
@@ -540,19 +431,14 @@ impl Path {
     }
 
     fn error(&self, message: impl Into<String>) -> CatalogError {
-        CatalogError {
-            path: self.0.clone(),
-            message: message.into(),
-        }
+        CatalogError { path: self.0.clone(), message: message.into() }
     }
 }
 
 /// A key as TOML would spell it: bare when it can be, quoted otherwise.
 fn toml_key(key: &str) -> String {
     let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|character| character.is_ascii_alphanumeric() || matches!(character, '_' | '-'));
+        && key.chars().all(|character| character.is_ascii_alphanumeric() || matches!(character, '_' | '-'));
     if bare {
         return key.to_owned();
     }
@@ -561,9 +447,7 @@ fn toml_key(key: &str) -> String {
         match character {
             '"' => quoted.push_str("\\\""),
             '\\' => quoted.push_str("\\\\"),
-            control if control.is_control() => {
-                quoted.push_str(&format!("\\u{:04X}", u32::from(control)))
-            }
+            control if control.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(control))),
             other => quoted.push(other),
         }
     }
@@ -581,11 +465,7 @@ impl<'a> Section<'a> {
     /// Refuses keys outside `fields`: a misspelt optional field would
     /// otherwise be silently ignored.
     fn only(&self, fields: &[&str]) -> Result<(), CatalogError> {
-        match self
-            .table
-            .keys()
-            .find(|key| !fields.contains(&key.as_str()))
-        {
+        match self.table.keys().find(|key| !fields.contains(&key.as_str())) {
             Some(key) => {
                 let message = format!("unknown field, expected one of: {}", fields.join(", "));
                 Err(self.path.key(key).error(message))
@@ -595,36 +475,20 @@ impl<'a> Section<'a> {
     }
 
     fn optional(&self, key: &str) -> Option<Field<'a>> {
-        self.table.get(key).map(|value| Field {
-            value,
-            path: self.path.key(key),
-        })
+        self.table.get(key).map(|value| Field { value, path: self.path.key(key) })
     }
 
     fn required(&self, key: &str) -> Result<Field<'a>, CatalogError> {
-        self.optional(key)
-            .ok_or_else(|| self.path.error(format!("missing field \"{key}\"")))
+        self.optional(key).ok_or_else(|| self.path.error(format!("missing field \"{key}\"")))
     }
 
     fn entries(&self) -> impl Iterator<Item = (&'a str, Field<'a>)> + '_ {
-        self.table.iter().map(|(key, value)| {
-            (
-                key.as_str(),
-                Field {
-                    value,
-                    path: self.path.key(key),
-                },
-            )
-        })
+        self.table.iter().map(|(key, value)| (key.as_str(), Field { value, path: self.path.key(key) }))
     }
 
     /// A table that must exist and hold at least one entry, such as `features`.
     fn non_empty_table(&self, key: &str, entry: &str) -> Result<Section<'a>, CatalogError> {
-        let missing = || {
-            self.path
-                .key(key)
-                .error(format!("at least one {entry} is required"))
-        };
+        let missing = || self.path.key(key).error(format!("at least one {entry} is required"));
         let section = self.optional(key).ok_or_else(missing)?.table()?;
         if section.table.is_empty() {
             return Err(missing());
@@ -633,32 +497,15 @@ impl<'a> Section<'a> {
     }
 
     /// An optional array of tables (`[[plans.plus.windows]]`) of at most `length_max` entries.
-    fn array_of_tables(
-        &self,
-        key: &str,
-        length_max: usize,
-        what: &str,
-    ) -> Result<Vec<Section<'a>>, CatalogError> {
+    fn array_of_tables(&self, key: &str, length_max: usize, what: &str) -> Result<Vec<Section<'a>>, CatalogError> {
         let Some(field) = self.optional(key) else {
             return Ok(Vec::new());
         };
-        let values = field
-            .value
-            .as_array()
-            .ok_or_else(|| field.expected("an array of tables"))?;
+        let values = field.value.as_array().ok_or_else(|| field.expected("an array of tables"))?;
         if values.len() > length_max {
-            return Err(field.path.error(format!(
-                "at most {length_max} {what}, found {}",
-                values.len()
-            )));
+            return Err(field.path.error(format!("at most {length_max} {what}, found {}", values.len())));
         }
-        let element = |(index, value)| {
-            Field {
-                value,
-                path: field.path.index(index),
-            }
-            .table()
-        };
+        let element = |(index, value)| Field { value, path: field.path.index(index) }.table();
         values.iter().enumerate().map(element).collect()
     }
 }
@@ -675,21 +522,12 @@ struct Field<'a> {
 
 impl<'a> Field<'a> {
     fn expected(&self, what: &str) -> CatalogError {
-        self.path.error(format!(
-            "expected {what}, found {}",
-            type_with_article(self.value)
-        ))
+        self.path.error(format!("expected {what}, found {}", type_with_article(self.value)))
     }
 
     fn table(&self) -> Result<Section<'a>, CatalogError> {
-        let table = self
-            .value
-            .as_table()
-            .ok_or_else(|| self.expected("a table"))?;
-        Ok(Section {
-            table,
-            path: self.path.clone(),
-        })
+        let table = self.value.as_table().ok_or_else(|| self.expected("a table"))?;
+        Ok(Section { table, path: self.path.clone() })
     }
 
     fn string(&self) -> Result<&'a str, CatalogError> {
@@ -722,27 +560,16 @@ impl<'a> Field<'a> {
     }
 
     fn credits(&self, range: RangeInclusive<u64>) -> Result<Credits, CatalogError> {
-        self.integer("an integer of micro-credits", range)
-            .map(Credits::from_micros)
+        self.integer("an integer of micro-credits", range).map(Credits::from_micros)
     }
 
     fn duration(&self) -> Result<Duration, CatalogError> {
-        let text = self
-            .value
-            .as_str()
-            .ok_or_else(|| self.expected(DURATION_FORMAT))?;
-        let too_long = || {
-            self.path.error(format!(
-                "must be <= {}",
-                display_duration(CATALOG_DURATION_MAX)
-            ))
-        };
+        let text = self.value.as_str().ok_or_else(|| self.expected(DURATION_FORMAT))?;
+        let too_long = || self.path.error(format!("must be <= {}", display_duration(CATALOG_DURATION_MAX)));
         match parse_duration(text) {
             Ok(duration) if duration <= CATALOG_DURATION_MAX => Ok(duration),
             Ok(_) | Err(DurationError::Overflow) => Err(too_long()),
-            Err(DurationError::Format) => Err(self
-                .path
-                .error(format!("expected {DURATION_FORMAT}, found {text:?}"))),
+            Err(DurationError::Format) => Err(self.path.error(format!("expected {DURATION_FORMAT}, found {text:?}"))),
         }
     }
 
@@ -769,10 +596,7 @@ fn check_text(path: &Path, text: &str, length_max: usize) -> Result<(), CatalogE
         return Err(path.error("must not be empty"));
     }
     if text.len() > length_max {
-        return Err(path.error(format!(
-            "is {} bytes long, at most {length_max} are allowed",
-            text.len()
-        )));
+        return Err(path.error(format!("is {} bytes long, at most {length_max} are allowed", text.len())));
     }
     Ok(())
 }
@@ -801,21 +625,13 @@ enum DurationError {
 }
 
 /// Units of a duration, largest first (the order [`display_duration`] tries them in).
-const DURATION_UNITS: [(&str, u64); 6] = [
-    ("w", 7 * 86_400_000),
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
+const DURATION_UNITS: [(&str, u64); 6] =
+    [("w", 7 * 86_400_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 /// `"5h"` → 5 hours. Exactly one unit, no sign, no fraction, no spaces: a
 /// catalog is reviewed by people, and one spelling per duration reads best.
 fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let digits_end = text
-        .find(|character: char| !character.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits_end = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
     let (count, unit) = text.split_at(digits_end);
     let Some(&(_, millis_per_unit)) = DURATION_UNITS.iter().find(|(name, _)| *name == unit) else {
         return Err(DurationError::Format);
@@ -825,10 +641,7 @@ fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     }
     // All digits: the only way this parse fails is a count beyond u64.
     let count: u64 = count.parse().map_err(|_| DurationError::Overflow)?;
-    count
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or(DurationError::Overflow)
+    count.checked_mul(millis_per_unit).map(Duration::from_millis).ok_or(DurationError::Overflow)
 }
 
 /// The largest unit that spells `duration` exactly: 86 400 000 ms → `1d`.
@@ -852,58 +665,22 @@ mod tests {
         let plans: Vec<&str> = catalog.plans.keys().map(PlanId::as_str).collect();
         assert_eq!(plans, ["business", "enterprise", "free", "plus", "pro"]);
         // Every window kind appears, so the demo exercises all of them.
-        let kinds: Vec<WindowKind> = catalog
-            .plans
-            .values()
-            .flat_map(|plan| plan.windows.iter().map(|window| window.kind))
-            .collect();
-        assert!(
-            kinds
-                .iter()
-                .any(|kind| matches!(kind, WindowKind::Fixed { .. }))
-        );
-        assert!(
-            kinds
-                .iter()
-                .any(|kind| matches!(kind, WindowKind::Anchored { .. }))
-        );
-        assert!(
-            kinds
-                .iter()
-                .any(|kind| matches!(kind, WindowKind::Sliding { .. }))
-        );
-        assert!(
-            kinds
-                .iter()
-                .any(|kind| matches!(kind, WindowKind::TokenBucket { .. }))
-        );
+        let kinds: Vec<WindowKind> =
+            catalog.plans.values().flat_map(|plan| plan.windows.iter().map(|window| window.kind)).collect();
+        assert!(kinds.iter().any(|kind| matches!(kind, WindowKind::Fixed { .. })));
+        assert!(kinds.iter().any(|kind| matches!(kind, WindowKind::Anchored { .. })));
+        assert!(kinds.iter().any(|kind| matches!(kind, WindowKind::Sliding { .. })));
+        assert!(kinds.iter().any(|kind| matches!(kind, WindowKind::TokenBucket { .. })));
         // The weekly window resets on Monday 00:00 UTC.
         let plus = &catalog.plans["plus"];
-        let weekly = plus
-            .windows
-            .iter()
-            .find(|window| window.id.as_str() == "codex-weekly")
-            .unwrap();
+        let weekly = plus.windows.iter().find(|window| window.id.as_str() == "codex-weekly").unwrap();
         let week = Duration::from_days(7);
-        assert_eq!(
-            weekly.kind,
-            WindowKind::Fixed {
-                period: week,
-                offset: Duration::from_days(4)
-            }
-        );
+        assert_eq!(weekly.kind, WindowKind::Fixed { period: week, offset: Duration::from_days(4) });
         // A cloud task counts five units of the shared Codex windows.
         let cloud = FeatureId::new("codex.cloud_task").unwrap();
-        let weights: Vec<u64> = catalog
-            .meters(&plus.id, &cloud)
-            .iter()
-            .map(|meter| meter.weight)
-            .collect();
+        let weights: Vec<u64> = catalog.meters(&plus.id, &cloud).iter().map(|meter| meter.weight).collect();
         assert_eq!(weights, [5, 5]);
-        assert_eq!(
-            catalog.settings.default_grant_expiry,
-            Some(Duration::from_days(365))
-        );
+        assert_eq!(catalog.settings.default_grant_expiry, Some(Duration::from_days(365)));
     }
 
     /// Features and a group that the bad plans below refer to.
@@ -929,8 +706,7 @@ mod tests {
                           period = "5h""#;
         let duration_format = "expected a duration such as \"500ms\", \"5h\" or \"7d\" \
                                (an integer and one unit of ms, s, m, h, d, w)";
-        let cases: Vec<(String, String)> =
-            vec![
+        let cases: Vec<(String, String)> = vec![
             (
                 window("codex", anchored) + &window("codex", "kind = \"fixed\"\nperiod = \"0h\""),
                 "plans.plus.windows[1].period: must be > 0".into(),
@@ -955,14 +731,10 @@ mod tests {
                 r#"plans.plus.windows[0].scope: unknown scope "org", "#.to_owned()
                     + "expected one of: subject, account",
             ),
-            (
-                window("nope", anchored),
-                r#"plans.plus.windows[0].meters: no feature or group is named "nope""#.into(),
-            ),
+            (window("nope", anchored), r#"plans.plus.windows[0].meters: no feature or group is named "nope""#.into()),
             (
                 window("local", anchored) + "[groups.local]\nweights = { local = 1 }",
-                r#"plans.plus.windows[0].meters: ambiguous: "local" is both a feature and a group"#
-                    .into(),
+                r#"plans.plus.windows[0].meters: ambiguous: "local" is both a feature and a group"#.into(),
             ),
             (
                 window("codex", "kind = \"fixed\"\nperiod = \"7d\"\noffset = \"7d\""),
@@ -1036,22 +808,15 @@ mod tests {
             ),
             (
                 "[features.\"codex task\"]\nunit = \"task\"\nprice = 1".into(),
-                r#"features."codex task": the id has the invalid character ' ' at position 5 "#
-                    .to_owned()
+                r#"features."codex task": the id has the invalid character ' ' at position 5 "#.to_owned()
                     + "(allowed: letters, digits and . _ - : @)",
             ),
-            (
-                "[features.x]\nunit = \"\"\nprice = 1".into(),
-                "features.x.unit: must not be empty".into(),
-            ),
+            ("[features.x]\nunit = \"\"\nprice = 1".into(), "features.x.unit: must not be empty".into()),
             (
                 "[groups.more]\nweights = { \"codex.nope\" = 1 }".into(),
                 r#"groups.more.weights."codex.nope": unknown feature"#.into(),
             ),
-            (
-                "[groups.more]\nweights = { local = 0 }".into(),
-                "groups.more.weights.local: must be >= 1".into(),
-            ),
+            ("[groups.more]\nweights = { local = 0 }".into(), "groups.more.weights.local: must be >= 1".into()),
             (
                 "[settings]\nidempotency_retention = \"1h\"".into(),
                 "settings.idempotency_retention: must be >= 1d".into(),
@@ -1068,16 +833,10 @@ mod tests {
     #[test]
     fn documents_without_features_or_with_bad_syntax_are_refused() {
         let error = parse("[plans.plus]").unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "features: at least one feature is required"
-        );
+        assert_eq!(error.to_string(), "features: at least one feature is required");
         // Syntax errors have no field path yet: they are located by line and column.
         let error = parse("[features]\nx = {\n").unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "2:6: unclosed inline table, expected `}`"
-        );
+        assert_eq!(error.to_string(), "2:6: unclosed inline table, expected `}`");
         let error = parse("[features.x]\nunit = \"a\"\nunit = \"b\"").unwrap_err();
         assert_eq!(error.to_string(), "3:1: duplicate key");
     }
@@ -1089,10 +848,7 @@ mod tests {
             .map(|index| window("local", anchored).replace("\"w\"", &format!("\"w{index}\"")))
             .collect::<String>();
         let error = parse(&format!("{BASE}\n{windows}")).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "plans.plus.windows: at most 16 windows per plan, found 17"
-        );
+        assert_eq!(error.to_string(), "plans.plus.windows: at most 16 windows per plan, found 17");
     }
 
     #[test]
@@ -1104,24 +860,15 @@ mod tests {
         for bad in ["", "5", "h", "-5h", "1.5h", "5 h", "5H", "5hh", "1h30m"] {
             assert_eq!(parse_duration(bad), Err(DurationError::Format), "{bad:?}");
         }
-        assert_eq!(
-            parse_duration("99999999999999999999w"),
-            Err(DurationError::Overflow)
-        );
-        assert_eq!(
-            parse_duration("30500000000000000w"),
-            Err(DurationError::Overflow)
-        );
+        assert_eq!(parse_duration("99999999999999999999w"), Err(DurationError::Overflow));
+        assert_eq!(parse_duration("30500000000000000w"), Err(DurationError::Overflow));
         assert_eq!(display_duration(Duration::from_hours(24)), "1d");
         assert_eq!(display_duration(Duration::from_millis(1500)), "1500ms");
     }
 
     #[test]
     fn keys_are_quoted_only_when_toml_needs_it() {
-        let path = Path::root()
-            .key("features")
-            .key("codex.cloud_task")
-            .key("price");
+        let path = Path::root().key("features").key("codex.cloud_task").key("price");
         assert_eq!(path.0, "features.\"codex.cloud_task\".price");
         assert_eq!(toml_key("plain_key-1"), "plain_key-1");
         assert_eq!(toml_key("say \"hi\"\n"), "\"say \\\"hi\\\"\\u000A\"");
