@@ -14,26 +14,26 @@ use crate::ids::{AccountId, PlanId, SubjectId};
 use crate::money::Credits;
 use crate::time::Timestamp;
 
+/// Accounts live in one vector and both indexes point into it, so that a
+/// decision finds its account with one hash probe and one array access.
 #[derive(Debug, Clone)]
 pub struct Engine {
     catalog: Arc<Catalog>,
-    accounts: FastMap<AccountId, AccountState>,
-    subjects: FastMap<SubjectId, AccountId>,
+    accounts: Vec<AccountState>,
+    account_index: FastMap<AccountId, usize>,
+    subjects: FastMap<SubjectId, usize>,
 }
 
 impl Engine {
     pub fn new(catalog: Arc<Catalog>) -> Engine {
-        Engine { catalog, accounts: FastMap::default(), subjects: FastMap::default() }
+        Engine { catalog, accounts: Vec::new(), account_index: FastMap::default(), subjects: FastMap::default() }
     }
 
     /// Rebuilds an engine from account states (a snapshot), with the subject index.
     pub fn from_accounts(catalog: Arc<Catalog>, accounts: Vec<AccountState>) -> Engine {
         let mut engine = Engine::new(catalog);
         for account in accounts {
-            for subject in account.subjects() {
-                engine.subjects.insert(subject.clone(), account.id().clone());
-            }
-            engine.accounts.insert(account.id().clone(), account);
+            engine.insert(account);
         }
         engine
     }
@@ -49,12 +49,21 @@ impl Engine {
         overdraft: Option<Credits>,
         now: Timestamp,
     ) -> Result<Vec<Event>, CoreError> {
-        if self.accounts.contains_key(&id) {
+        if self.account_index.contains_key(&id) {
             return Err(CoreError::AccountExists(id));
         }
-        let (account, events) = AccountState::open(&self.catalog, id.clone(), plan, overdraft, now)?;
-        self.accounts.insert(id, account);
+        let (account, events) = AccountState::open(&self.catalog, id, plan, overdraft, now)?;
+        self.insert(account);
         Ok(events)
+    }
+
+    fn insert(&mut self, account: AccountState) {
+        let index = self.accounts.len();
+        for subject in account.subjects() {
+            self.subjects.insert(subject.clone(), index);
+        }
+        self.account_index.insert(account.id().clone(), index);
+        self.accounts.push(account);
     }
 
     pub fn put_subject(
@@ -63,37 +72,38 @@ impl Engine {
         account: &AccountId,
         plan: Option<PlanId>,
     ) -> Result<(), CoreError> {
+        let index = *self.account_index.get(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
         if let Some(existing) = self.subjects.get(&subject)
-            && existing != account
+            && *existing != index
         {
-            return Err(CoreError::SubjectInOtherAccount { subject, account: existing.clone() });
+            return Err(CoreError::SubjectInOtherAccount { subject, account: self.accounts[*existing].id().clone() });
         }
-        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
-        state.put_subject(&self.catalog, subject.clone(), plan)?;
-        self.subjects.insert(subject, account.clone());
+        self.accounts[index].put_subject(&self.catalog, subject.clone(), plan)?;
+        self.subjects.insert(subject, index);
         Ok(())
     }
 
     pub fn account(&self, id: &AccountId) -> Option<&AccountState> {
-        self.accounts.get(id)
+        self.account_index.get(id).map(|index| &self.accounts[*index])
     }
 
     pub fn account_mut(&mut self, id: &AccountId) -> Option<&mut AccountState> {
-        self.accounts.get_mut(id)
+        self.account_index.get(id).map(|index| &mut self.accounts[*index])
     }
 
     pub fn accounts(&self) -> impl Iterator<Item = &AccountState> {
-        self.accounts.values()
+        self.accounts.iter()
     }
 
     pub fn account_of(&self, subject: &SubjectId) -> Result<&AccountId, CoreError> {
-        self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))
+        let index = self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
+        Ok(self.accounts[*index].id())
     }
 
     /// The catalog and the account of `subject`, borrowed apart.
     fn subject_account(&mut self, subject: &SubjectId) -> Result<(&Catalog, &mut AccountState), CoreError> {
-        let account = self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
-        Ok((&self.catalog, self.accounts.get_mut(account).expect("every subject's account exists")))
+        let index = self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
+        Ok((&self.catalog, &mut self.accounts[*index]))
     }
 
     pub fn decide(&mut self, request: &DecisionRequest, now: Timestamp) -> Result<Outcome<Decision>, CoreError> {
@@ -134,7 +144,8 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Outcome<GrantAdded>, CoreError> {
         let catalog = self.catalog.clone();
-        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        let index = *self.account_index.get(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        let state = &mut self.accounts[index];
         state.add_grant(&catalog, request, now)
     }
 
@@ -144,13 +155,14 @@ impl Engine {
         plan: &PlanId,
         overdraft: Option<Credits>,
     ) -> Result<(), CoreError> {
-        let state = self.accounts.get_mut(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        let index = *self.account_index.get(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
+        let state = &mut self.accounts[index];
         state.set_plan(&self.catalog, plan, overdraft)
     }
 
     /// Settles one balance update of its account.
     pub fn settle(&mut self, update: &BalanceUpdate) -> Result<Settlement, SettleError> {
-        match self.accounts.get_mut(&update.account) {
+        match self.account_index.get(&update.account).map(|index| &mut self.accounts[*index]) {
             Some(state) => state.settle(update),
             None => Err(SettleError::UnknownAccount(update.account.clone())),
         }
@@ -160,18 +172,17 @@ impl Engine {
     pub fn advance_all(&mut self, now: Timestamp) -> Vec<Event> {
         // In id order: the hash map's order differs from run to run, and a
         // replay must record the same events in the same order.
-        let mut ids: Vec<AccountId> = self.accounts.keys().cloned().collect();
-        ids.sort();
+        let mut order: Vec<usize> = (0..self.accounts.len()).collect();
+        order.sort_by(|one, other| self.accounts[*one].id().cmp(self.accounts[*other].id()));
         let mut events = Vec::new();
-        for id in ids {
-            let account = self.accounts.get_mut(&id).expect("listed above");
-            account.advance(&self.catalog, now, &mut events);
+        for index in order {
+            self.accounts[index].advance(&self.catalog, now, &mut events);
         }
         events
     }
 
     pub fn check_invariants(&self) -> Result<(), String> {
-        for account in self.accounts.values() {
+        for account in &self.accounts {
             account.check_invariants(&self.catalog)?;
         }
         Ok(())

@@ -57,44 +57,113 @@ fn check(text: &str, length_max: usize, allowed: fn(char) -> bool) -> Result<(),
     }
 }
 
+/// Longest id kept inline; longer ones are shared on the heap.
+const INLINE_BYTES_MAX: usize = 22;
+
+/// The text of an id. Short ids (nearly all) live inline, so that hashing,
+/// comparing and cloning one touches no other memory: on the decision path
+/// every pointer followed to a cold cache line costs more than the rest of
+/// the work.
+#[derive(Clone)]
+enum IdText {
+    Inline { length: u8, bytes: [u8; INLINE_BYTES_MAX] },
+    Shared(Arc<str>),
+}
+
+impl IdText {
+    fn new(text: &str) -> IdText {
+        if text.len() <= INLINE_BYTES_MAX {
+            let mut bytes = [0u8; INLINE_BYTES_MAX];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            IdText::Inline { length: text.len() as u8, bytes }
+        } else {
+            IdText::Shared(Arc::from(text))
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            IdText::Inline { length, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*length)]).expect("made from a str")
+            }
+            IdText::Shared(text) => text,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            IdText::Inline { length, bytes } => &bytes[..usize::from(*length)],
+            IdText::Shared(text) => text.as_bytes(),
+        }
+    }
+}
+
+// Equality, order and hash follow the text alone, as `Borrow<str>` requires;
+// bytes compare and order exactly as the strings do.
+impl PartialEq for IdText {
+    fn eq(&self, other: &IdText) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IdText {}
+
+impl PartialOrd for IdText {
+    fn partial_cmp(&self, other: &IdText) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IdText {
+    fn cmp(&self, other: &IdText) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::hash::Hash for IdText {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
 macro_rules! identifier {
     ($(#[$meta:meta])* $name:ident, $length_max:expr, $allowed:expr) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name(IdText);
 
         impl $name {
             pub fn new(text: &str) -> Result<Self, IdError> {
                 check(text, $length_max, $allowed)?;
-                Ok(Self(Arc::from(text)))
+                Ok(Self(IdText::new(text)))
             }
 
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), &*self.0)
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
             }
         }
 
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.0)
+                serializer.serialize_str(self.as_str())
             }
         }
 
@@ -151,6 +220,19 @@ identifier!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_and_short_ids_behave_alike() {
+        let short = SubjectId::new("ada").unwrap();
+        let long = SubjectId::new(&"x".repeat(100)).unwrap();
+        assert_eq!(short.as_str(), "ada");
+        assert_eq!(long.as_str().len(), 100);
+        assert!(short < long && long.clone() == long);
+        let mut map = std::collections::HashMap::new();
+        map.insert(long.clone(), 1);
+        assert_eq!(map.get("x".repeat(100).as_str()), Some(&1));
+        assert_eq!(std::mem::size_of::<SubjectId>(), 24);
+    }
 
     #[test]
     fn ids_parse_on_construction() {

@@ -273,7 +273,7 @@ impl Simulation {
                 }
             }
         }
-        if step % TWIN_CRASH_EVERY_STEPS == 0 {
+        if step.is_multiple_of(TWIN_CRASH_EVERY_STEPS) {
             let mut recovered: Vec<AccountState> = twin.recover().accounts().cloned().collect();
             let mut expected: Vec<AccountState> = self.engine.accounts().cloned().collect();
             recovered.sort_by_key(|account| account.id().clone());
