@@ -7,11 +7,28 @@ use std::sync::Arc;
 use headroom_core::*;
 use headroom_store::*;
 
-fn temporary_directory(name: &str) -> PathBuf {
+/// A fresh directory under the system's temporary directory, removed when
+/// the test ends (also when it fails).
+struct TemporaryDirectory(PathBuf);
+
+impl Drop for TemporaryDirectory {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for TemporaryDirectory {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn temporary_directory(name: &str) -> TemporaryDirectory {
     let directory = std::env::temp_dir().join(format!("headroom-store-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
-    directory
+    TemporaryDirectory(directory)
 }
 
 fn clock() -> Arc<FakeClock> {
@@ -166,7 +183,7 @@ fn corruption_before_the_tail_stops_start_up_with_file_and_offset() {
 fn snapshots_bound_the_log_and_recover_the_same_state() {
     let directory = temporary_directory("snapshot");
     let clock = clock();
-    let mut config = StoreConfig::new(&directory);
+    let mut config = StoreConfig::new(directory.to_path_buf());
     config.snapshot_every_commands = 10;
     config.group_commit = false;
     let store = EmbeddedStore::open(config.clone(), Arc::new(Catalog::demo()), clock.clone()).unwrap();
