@@ -54,6 +54,9 @@ impl WindowSet {
                 let same = old_plan.windows.iter().position(|old| old.id == spec.id && old.kind == spec.kind);
                 if let Some(old_index) = same {
                     states[index] = self.states.get_mut(old_index).and_then(Option::take);
+                    if let Some(state) = states[index].as_mut() {
+                        state.fit(spec);
+                    }
                 }
             }
         }
@@ -113,7 +116,7 @@ struct Reservation {
     price: Credits,
     window_units: u64,
     /// Per window: where its units were counted.
-    window_holds: Vec<(Applicable, WindowHold)>,
+    window_holds: Vec<(Scope, crate::WindowId, u64, WindowHold)>,
     /// Credits held per line, in waterfall order.
     credit_holds: Vec<(BalanceSource, Credits)>,
     expires_at: Timestamp,
@@ -327,7 +330,7 @@ impl AccountState {
                 decision.credits_charged = total_credits(&takes);
                 decision.reason = reason_of(&decision.sources);
                 if !request.preview {
-                    self.consume_windows(catalog, &request.subject, &applicable, window_units, now, |_, _| {});
+                    self.consume_windows(catalog, &request.subject, &applicable, window_units, now, |_, _, _| {});
                     for (line, credits) in &takes {
                         self.wallet.add_pending_debit(*line, *credits);
                     }
@@ -388,9 +391,16 @@ impl AccountState {
                 decision.credits_charged = total_credits(&takes);
                 decision.reason = reason_of(&decision.sources);
                 let mut window_holds = Vec::with_capacity(applicable.len());
-                self.consume_windows(catalog, &request.subject, &applicable, window_units, now, |applicable, hold| {
-                    window_holds.push((applicable, hold))
-                });
+                self.consume_windows(
+                    catalog,
+                    &request.subject,
+                    &applicable,
+                    window_units,
+                    now,
+                    |applicable, spec, hold| {
+                        window_holds.push((applicable.scope, spec.id.clone(), applicable.meter.weight, hold))
+                    },
+                );
                 for (line, credits) in &takes {
                     self.wallet.hold(*line, *credits);
                 }
@@ -469,7 +479,7 @@ impl AccountState {
         let extra = actual - from_window_hold - from_credit_hold;
         let applicable = self.applicable(catalog, &reservation.subject, &reservation.feature);
         let extra_window_units = self.window_cover(catalog, &reservation.subject, &applicable, extra, now);
-        self.consume_windows(catalog, &reservation.subject, &applicable, extra_window_units, now, |_, _| {});
+        self.consume_windows(catalog, &reservation.subject, &applicable, extra_window_units, now, |_, _, _| {});
         let extra_credit_units = extra - extra_window_units;
         let wanted = price_of_units(extra_credit_units, price).expect(BOUNDED);
         let available = self.wallet.available(now).min(wanted);
@@ -868,11 +878,16 @@ impl AccountState {
         if units == 0 {
             return;
         }
-        for (applicable, hold) in &reservation.window_holds {
-            let (set, _) = self.window_set_mut(catalog, &reservation.subject, applicable.scope);
-            let spec = &catalog.plans[&set.plan].windows[applicable.meter.window];
-            if let Some(state) = set.states[applicable.meter.window].as_mut() {
-                state.release(spec, now, *hold, units * applicable.meter.weight);
+        // By window id: the plan may have changed since the reservation, and
+        // a window it no longer has lets its units lapse.
+        for (scope, window, weight, hold) in &reservation.window_holds {
+            let (set, _) = self.window_set_mut(catalog, &reservation.subject, *scope);
+            let windows = &catalog.plans[&set.plan].windows;
+            let Some(index) = windows.iter().position(|spec| &spec.id == window && spec.scope == *scope) else {
+                continue;
+            };
+            if let Some(state) = set.states[index].as_mut() {
+                state.release(&windows[index], now, *hold, units * weight);
             }
         }
     }
@@ -1081,7 +1096,7 @@ impl AccountState {
         applicable: &[Applicable],
         units: u64,
         now: Timestamp,
-        mut hold: impl FnMut(Applicable, WindowHold),
+        mut hold: impl FnMut(Applicable, &crate::catalog::WindowSpec, WindowHold),
     ) {
         if units == 0 {
             return;
@@ -1090,7 +1105,7 @@ impl AccountState {
             let (set, _) = self.window_set_mut(catalog, subject, applicable.scope);
             let spec = &catalog.plans[&set.plan].windows[applicable.meter.window];
             let state = set.states[applicable.meter.window].get_or_insert_with(|| WindowState::new(spec, now));
-            hold(*applicable, state.consume(spec, now, units * applicable.meter.weight));
+            hold(*applicable, spec, state.consume(spec, now, units * applicable.meter.weight));
         }
     }
 

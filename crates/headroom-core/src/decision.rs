@@ -55,7 +55,16 @@ impl fmt::Debug for DecisionId {
 
 /// Request attributes (`model = "gpt-5-codex"`), sorted by name, names unique.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "Vec<(String, String)>")]
 pub struct Attributes(Vec<(String, String)>);
+
+/// Deserializing goes through [`Attributes::new`]: sorted, checked, unique.
+impl TryFrom<Vec<(String, String)>> for Attributes {
+    type Error = String;
+    fn try_from(pairs: Vec<(String, String)>) -> Result<Attributes, String> {
+        Attributes::new(pairs)
+    }
+}
 
 impl Attributes {
     pub fn new(mut pairs: Vec<(String, String)>) -> Result<Attributes, String> {

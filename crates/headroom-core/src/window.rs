@@ -41,6 +41,28 @@ pub struct WindowHold {
     /// units were counted in; unused for a token bucket.
     pub mark: u64,
     pub units: u64,
+    /// The kind of window that counted them: a mark means nothing to a
+    /// window of another kind (after a plan change).
+    pub kind: HoldKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldKind {
+    Fixed,
+    Anchored,
+    Sliding,
+    TokenBucket,
+}
+
+impl HoldKind {
+    fn of(kind: &WindowKind) -> HoldKind {
+        match kind {
+            WindowKind::Fixed { .. } => HoldKind::Fixed,
+            WindowKind::Anchored { .. } => HoldKind::Anchored,
+            WindowKind::Sliding { .. } => HoldKind::Sliding,
+            WindowKind::TokenBucket { .. } => HoldKind::TokenBucket,
+        }
+    }
 }
 
 /// A window as a decision reports it.
@@ -103,7 +125,7 @@ impl WindowState {
         let remaining = self.remaining(spec, now);
         assert!(units <= remaining, "window {} over capacity: {units} > {remaining}", spec.id);
         if units == 0 {
-            return WindowHold { mark: 0, units: 0 };
+            return WindowHold { mark: 0, units: 0, kind: HoldKind::of(&spec.kind) };
         }
         match (self, spec.kind) {
             (WindowState::Fixed { instance, used }, WindowKind::Fixed { period, offset }) => {
@@ -113,7 +135,7 @@ impl WindowState {
                     *used = 0;
                 }
                 *used += units;
-                WindowHold { mark: current, units }
+                WindowHold { mark: current, units, kind: HoldKind::of(&spec.kind) }
             }
             (WindowState::Anchored { started, used }, WindowKind::Anchored { period }) => {
                 if !anchored_active(*started, period, now) {
@@ -121,20 +143,20 @@ impl WindowState {
                     *used = 0;
                 }
                 *used += units;
-                WindowHold { mark: started.expect("started above").millis(), units }
+                WindowHold { mark: started.expect("started above").millis(), units, kind: HoldKind::Anchored }
             }
             (WindowState::Sliding { newest, counts }, WindowKind::Sliding { period, buckets }) => {
                 let current = now.millis() / bucket_length(period, buckets);
                 sliding_advance(newest, counts, current);
                 let slot = (current % counts.len() as u64) as usize;
                 counts[slot] += units;
-                WindowHold { mark: current, units }
+                WindowHold { mark: current, units, kind: HoldKind::of(&spec.kind) }
             }
             (WindowState::TokenBucket { level_scaled, at }, WindowKind::TokenBucket { refill, per }) => {
                 let level = bucket_level(*level_scaled, *at, spec.capacity, refill, per, now);
                 *level_scaled = level - u128::from(units) * u128::from(per.millis());
                 *at = now;
-                WindowHold { mark: 0, units }
+                WindowHold { mark: 0, units, kind: HoldKind::TokenBucket }
             }
             _ => unreachable!("window state does not match its spec"),
         }
@@ -144,6 +166,9 @@ impl WindowState {
     /// counted in still counts at `now`; otherwise they have already lapsed.
     pub fn release(&mut self, spec: &WindowSpec, now: Timestamp, hold: WindowHold, units: u64) {
         debug_assert!(units <= hold.units);
+        if hold.kind != HoldKind::of(&spec.kind) {
+            return;
+        }
         match (self, spec.kind) {
             (WindowState::Fixed { instance, used }, WindowKind::Fixed { period, offset }) => {
                 if *instance == hold.mark && *instance == fixed_instance(now, period, offset) {
@@ -169,6 +194,32 @@ impl WindowState {
                 *at = now;
             }
             _ => unreachable!("window state does not match its spec"),
+        }
+    }
+
+    /// Keeps the state within `spec` after a plan change lowered the
+    /// capacity: what was counted stays counted, up to the new capacity (the
+    /// window is then full, never reopened). A sliding window drops the
+    /// excess from its newest buckets, which keeps it conservative.
+    pub fn fit(&mut self, spec: &WindowSpec) {
+        match (self, spec.kind) {
+            (WindowState::Fixed { used, .. }, _) | (WindowState::Anchored { used, .. }, _) => {
+                *used = (*used).min(spec.capacity);
+            }
+            (WindowState::Sliding { newest, counts }, _) => {
+                let mut excess = counts.iter().sum::<u64>().saturating_sub(spec.capacity);
+                let ring = counts.len() as u64;
+                for back in 0..ring {
+                    let slot = ((*newest + ring - back) % ring) as usize;
+                    let taken = excess.min(counts[slot]);
+                    counts[slot] -= taken;
+                    excess -= taken;
+                }
+            }
+            (WindowState::TokenBucket { level_scaled, .. }, WindowKind::TokenBucket { per, .. }) => {
+                *level_scaled = (*level_scaled).min(u128::from(spec.capacity) * u128::from(per.millis()));
+            }
+            _ => {}
         }
     }
 

@@ -45,6 +45,28 @@ capacity = 3
 period = "10s"
 buckets = 10
 
+[plans.first]
+[[plans.first.windows]]
+id = "x"
+meters = "task"
+kind = "fixed"
+capacity = 10
+period = "1h"
+
+[plans.second]
+[[plans.second.windows]]
+id = "v"
+meters = "free"
+kind = "fixed"
+capacity = 10
+period = "1h"
+[[plans.second.windows]]
+id = "x"
+meters = "task"
+kind = "fixed"
+capacity = 5
+period = "1h"
+
 [plans.team]
 overdraft = 2_000_000
 [[plans.team.windows]]
@@ -513,4 +535,23 @@ fn bad_input_is_refused_and_changes_nothing() {
     keyless.idempotency_key = None;
     assert_eq!(world.engine.decide(&keyless, world.now).unwrap_err(), CoreError::IdempotencyKeyRequired);
     assert_eq!(&before, world.engine.account(&World::account()).unwrap());
+}
+
+#[test]
+fn a_plan_change_keeps_holds_with_their_windows_and_never_reopens_one() {
+    let mut world = World::new("first");
+    let reserved = reserve(&mut world, 10, "r");
+    world.engine.set_plan(&World::account(), &PlanId::new("second").unwrap(), None).unwrap();
+    world.check(); // the 10 units counted in x fit the new capacity of 5: x is full, not over
+    assert!(!world.task("alice", 1, "t").allowed, "x stays full after the downgrade");
+    assert!(world.decide(&World::request("alice", "free", 10, "f")).allowed);
+    // Releasing returns the held units to x, found by id, never to v.
+    let release = ReleaseRequest {
+        reservation: reserved.reservation.unwrap().id,
+        idempotency_key: IdempotencyKey::new("rel").unwrap(),
+    };
+    world.engine.release(&SubjectId::new("alice").unwrap(), &release, world.now).unwrap();
+    world.check();
+    assert!(!world.decide(&World::request("alice", "free", 1, "f2")).allowed, "v is still full");
+    assert!(world.task("alice", 5, "t2").allowed, "x got its units back");
 }

@@ -107,8 +107,16 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |cores| cores.get())
     );
     println!(
-        "{:<24} {:>17} {:>9} {:>7} {:>11} {:>8} {:>10} {:>9}",
-        "configuration", "callers", "decisions", "seconds", "decisions/s", "× SQLite", "× no group", "per sync"
+        "{:<24} {:>17} {:>9} {:>7} {:>11} {:>8} {:>10} {:>9} {:>9}",
+        "configuration",
+        "callers",
+        "decisions",
+        "seconds",
+        "decisions/s",
+        "× SQLite",
+        "× no group",
+        "per sync",
+        "unsettled"
     );
 
     let mut sqlite = Vec::new();
@@ -199,6 +207,10 @@ struct Measured {
     /// Commands logged per frame (one frame, one sync), over the whole
     /// run: decisions, setup and the settlement processor's commands.
     commands_per_sync: Option<f64>,
+    /// Balance updates decided but not yet settled when the run ended:
+    /// settlement follows the log on its own thread, so a backlog is work
+    /// the run did not pay for.
+    unsettled: Option<u64>,
 }
 
 impl Measured {
@@ -216,8 +228,9 @@ fn print_row(
 ) {
     let ratio = |value: Option<f64>| value.map_or("—".to_string(), |ratio| format!("{ratio:.1}×"));
     let per_sync = measured.commands_per_sync.map_or("—".to_string(), |commands| format!("{commands:.1}"));
+    let unsettled = measured.unsettled.map_or("—".to_string(), |updates| updates.to_string());
     println!(
-        "{:<24} {:>17} {:>9} {:>7.2} {:>11.0} {:>8} {:>10} {:>9}",
+        "{:<24} {:>17} {:>9} {:>7.2} {:>11.0} {:>8} {:>10} {:>9} {:>9}",
         configuration,
         callers,
         measured.decisions,
@@ -226,6 +239,7 @@ fn print_row(
         ratio(versus_sqlite),
         ratio(versus_ungrouped),
         per_sync,
+        unsettled,
     );
 }
 
@@ -365,7 +379,13 @@ impl Tally {
         let decisions = self.decisions.load(Ordering::SeqCst);
         let allowed = self.allowed.load(Ordering::SeqCst);
         assert_eq!(allowed, decisions, "some decisions were denied");
-        Measured { decisions, events: self.events.load(Ordering::SeqCst), seconds, commands_per_sync: None }
+        Measured {
+            decisions,
+            events: self.events.load(Ordering::SeqCst),
+            seconds,
+            commands_per_sync: None,
+            unsettled: None,
+        }
     }
 }
 
@@ -446,10 +466,8 @@ fn measure_blocking(group_commit: bool, callers: usize, run: Duration) -> Measur
     for thread in threads {
         thread.join().expect("a caller panicked");
     }
-    let mut measured = tally.measured(start.elapsed().as_secs_f64());
-    store.close();
-    measured.commands_per_sync = Some(commands_per_sync(&directory.0));
-    measured
+    let measured = tally.measured(start.elapsed().as_secs_f64());
+    close_and_count(&store, &directory.0, measured)
 }
 
 /// Commands one submitter has in flight, with a wake-up for when there is
@@ -518,10 +536,16 @@ fn measure_pipelined(window: usize, run: Duration) -> Measured {
             stop.store(true, Ordering::Relaxed);
         })
     };
-    let mut measured = drive_pipelined(&store, &workload, window, &stop, u64::MAX);
+    let measured = drive_pipelined(&store, &workload, window, &stop, u64::MAX);
     stopper.join().expect("the stopper does not panic");
+    close_and_count(&store, &directory.0, measured)
+}
+
+/// Adds what the run left unsettled and how its log was batched, after the timing.
+fn close_and_count(store: &EmbeddedStore, directory: &Path, mut measured: Measured) -> Measured {
+    measured.unsettled = Some(store.settlement_lag().expect("the store answers").unsettled_updates);
     store.close();
-    measured.commands_per_sync = Some(commands_per_sync(&directory.0));
+    measured.commands_per_sync = Some(commands_per_sync(directory));
     measured
 }
 

@@ -66,6 +66,8 @@ enum WriteJob {
 }
 
 pub struct EmbeddedStore {
+    /// Held while open: one writer per data directory.
+    lock: Mutex<Option<std::fs::File>>,
     requests: Mutex<Option<SyncSender<Request>>>,
     failed: Arc<AtomicBool>,
     durable: Arc<Durable>,
@@ -104,7 +106,16 @@ impl EmbeddedStore {
         catalog: Arc<Catalog>,
         clock: Arc<dyn Clock>,
     ) -> Result<EmbeddedStore, StoreError> {
+        let lock = lock_directory(&config.data_directory)?;
         let recovered = recover(&config.data_directory, catalog)?;
+        let cursor = settlement::read_cursor(&config.data_directory)?;
+        if cursor > recovered.last_batch {
+            return Err(StoreError::Corrupt {
+                file: config.data_directory.join(settlement::CURSOR_FILE),
+                offset: 0,
+                reason: format!("settled through batch {cursor}, but the log ends at batch {}", recovered.last_batch),
+            });
+        }
         let (request_sender, request_receiver) = mpsc::sync_channel(REQUEST_QUEUE_DEPTH);
         let (write_sender, write_receiver) = mpsc::sync_channel(WRITE_QUEUE_DEPTH);
         let failed = Arc::new(AtomicBool::new(false));
@@ -150,6 +161,7 @@ impl EmbeddedStore {
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         Ok(EmbeddedStore {
+            lock: Mutex::new(Some(lock)),
             requests: Mutex::new(Some(request_sender)),
             failed,
             durable,
@@ -173,6 +185,7 @@ impl EmbeddedStore {
         for thread in self.threads.lock().expect("not poisoned").drain(..) {
             let _ = thread.join();
         }
+        self.lock.lock().expect("not poisoned").take();
     }
 
     pub fn settlement_lag(&self) -> Result<SettlementLag, StoreError> {
@@ -405,6 +418,21 @@ fn writer_loop(
                 }
             }
         }
+    }
+}
+
+/// Takes the data directory's lock file: two processes appending to one log
+/// would interleave their frames.
+fn lock_directory(directory: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(directory).map_err(|error| StoreError::io(directory, error))?;
+    let path = directory.join("lock");
+    let file = std::fs::File::create(&path).map_err(|error| StoreError::io(&path, error))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StoreError::Unavailable(format!("{} is in use by another process", directory.display())))
+        }
+        Err(std::fs::TryLockError::Error(error)) => Err(StoreError::io(&path, error)),
     }
 }
 

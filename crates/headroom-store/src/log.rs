@@ -97,42 +97,56 @@ pub fn read_segment(path: &Path, last: bool) -> Result<SegmentContents, StoreErr
     let file_length = bytes.len() as u64;
     let mut frames = Vec::new();
     let mut offset = 0usize;
+    let mut last_batch = 0u64;
     while offset < bytes.len() {
         let damaged = |reason: &str| StoreError::Corrupt {
             file: path.to_path_buf(),
             offset: offset as u64,
             reason: reason.to_string(),
         };
-        let rest = &bytes[offset..];
-        let torn = |end: usize| last && end >= bytes.len();
-        if rest.len() < FRAME_HEADER_BYTES {
-            if torn(bytes.len()) {
-                break;
+        match check_frame(&bytes, offset) {
+            Ok((end, batch)) => {
+                let commands: Batch = postcard::from_bytes(&bytes[offset + FRAME_HEADER_BYTES..end])
+                    .map_err(|error| damaged(&format!("checksum matches but the frame does not decode: {error}")))?;
+                frames.push((batch, commands));
+                last_batch = batch;
+                offset = end;
             }
-            return Err(damaged("truncated frame header"));
+            // Only one frame is ever unsynced, the newest: whatever follows
+            // the last good frame of the last segment is that frame, torn,
+            // unless a later good frame shows the damage is in the middle.
+            Err(_) if last && !later_frame_exists(&bytes, offset, last_batch) => break,
+            Err(reason) => return Err(damaged(reason)),
         }
-        let length = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-        let checksum = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let end = offset + FRAME_HEADER_BYTES + length;
-        if length > FRAME_PAYLOAD_BYTES_MAX || end > bytes.len() {
-            if torn(end) {
-                break;
-            }
-            return Err(damaged("frame length runs past the end of the segment"));
-        }
-        if crc32fast::hash(&bytes[offset + 8..end]) != checksum {
-            if torn(end) {
-                break;
-            }
-            return Err(damaged("checksum mismatch"));
-        }
-        let batch = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
-        let commands: Batch = postcard::from_bytes(&bytes[offset + FRAME_HEADER_BYTES..end])
-            .map_err(|error| damaged(&format!("checksum matches but the frame does not decode: {error}")))?;
-        frames.push((batch, commands));
-        offset = end;
     }
     Ok(SegmentContents { frames, valid_length: offset as u64, file_length })
+}
+
+/// Checks the frame at `offset`: where it ends and its batch, or what is wrong.
+fn check_frame(bytes: &[u8], offset: usize) -> Result<(usize, u64), &'static str> {
+    let rest = &bytes[offset..];
+    if rest.len() < FRAME_HEADER_BYTES {
+        return Err("truncated frame header");
+    }
+    let length = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let checksum = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    let end = offset + FRAME_HEADER_BYTES + length;
+    if length > FRAME_PAYLOAD_BYTES_MAX || end > bytes.len() {
+        return Err("frame length runs past the end of the segment");
+    }
+    if crc32fast::hash(&bytes[offset + 8..end]) != checksum {
+        return Err("checksum mismatch");
+    }
+    Ok((end, u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"))))
+}
+
+/// Whether a good frame of a later batch starts anywhere after `offset`:
+/// then the bad bytes at `offset` are damage, not a torn tail.
+fn later_frame_exists(bytes: &[u8], offset: usize, last_batch: u64) -> bool {
+    (offset + 1..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|start| {
+        let batch = u64::from_le_bytes(bytes[start + 8..start + 16].try_into().expect("8 bytes"));
+        batch > last_batch && check_frame(bytes, start).is_ok()
+    })
 }
 
 /// The open segment the writer appends to.
@@ -163,8 +177,18 @@ impl SegmentWriter {
             self.length = 0;
             sync_directory(&self.directory).map_err(io::Error::other)?;
         }
-        self.file.write_all(frame)?;
-        self.file.sync_data()?;
+        let written = self.file.write_all(frame).and_then(|()| self.file.sync_data());
+        if let Err(error) = written {
+            // The frame's callers are told it failed, so it must not come
+            // back at the next start: cut it off. If even that fails, what
+            // is on disk is unknown, and stopping is the only honest answer.
+            let cut = self.file.set_len(self.length).and_then(|()| self.file.sync_all());
+            if let Err(cut_error) = cut {
+                eprintln!("headroom: a failed log write could not be undone ({cut_error}); stopping");
+                std::process::abort();
+            }
+            return Err(error);
+        }
         self.length += frame.len() as u64;
         Ok(())
     }

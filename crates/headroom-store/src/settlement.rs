@@ -19,7 +19,12 @@ use crate::command::Command;
 use crate::log::{self, Batch, FRAME_HEADER_BYTES};
 use crate::{Reply, StoreError};
 
-const CURSOR_FILE: &str = "settlement.cursor";
+pub const CURSOR_FILE: &str = "settlement.cursor";
+
+/// Most settlements in flight before the thread waits for them and moves its
+/// cursor: bounds the reply queue and keeps client commands from queueing
+/// behind a long backlog (after a restart, say).
+const SETTLE_UPDATES_PER_ROUND_MAX: usize = 16_384;
 
 /// The last durable batch, published by the writer after each sync.
 #[derive(Default)]
@@ -176,7 +181,8 @@ fn settle_loop(
         let (sender, receiver) = mpsc::channel();
         let mut submitted = 0;
         let mut last = cursor;
-        while let Some((batch, commands)) = tail.next(durable_batch)? {
+        while submitted < SETTLE_UPDATES_PER_ROUND_MAX {
+            let Some((batch, commands)) = tail.next(durable_batch)? else { break };
             for update in commands.iter().flat_map(|logged| &logged.events).filter_map(|event| match event {
                 Event::Balance(update) => Some(update.clone()),
                 _ => None,
