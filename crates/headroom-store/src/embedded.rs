@@ -53,7 +53,12 @@ impl StoreConfig {
     }
 }
 
-type Query = Box<dyn FnOnce(&Engine) + Send>;
+/// A read of the engine's state. It runs on the engine thread, in order
+/// with the commands, and returns the delivery of its answer, which the
+/// writer makes only once everything before it is durable: a reader never
+/// sees an effect that a crash could still undo.
+type Query = Box<dyn FnOnce(&Engine) -> Delivery + Send>;
+type Delivery = Box<dyn FnOnce() + Send>;
 
 pub(crate) enum Request {
     Command(Command, Reply),
@@ -61,7 +66,7 @@ pub(crate) enum Request {
 }
 
 enum WriteJob {
-    Frame { batch: u64, bytes: Vec<u8>, replies: Vec<(Reply, Result<Response, StoreError>)> },
+    Frame { batch: u64, bytes: Vec<u8>, replies: Vec<(Reply, Result<Response, StoreError>)>, deliveries: Vec<Delivery> },
     Snapshot { batch: u64, bytes: Vec<u8> },
 }
 
@@ -245,7 +250,10 @@ impl Store for EmbeddedStore {
     fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
         let (sender, receiver) = mpsc::sync_channel(1);
         let query: Query = Box::new(move |engine| {
-            let _ = sender.send(read(engine));
+            let answer = read(engine);
+            Box::new(move || {
+                let _ = sender.send(answer);
+            })
         });
         self.send(Request::Query(query)).map_err(|_| StoreError::Unavailable("the store is closed".to_string()))?;
         receiver.recv().map_err(|_| StoreError::Unavailable("the store stopped".to_string()))
@@ -330,9 +338,12 @@ fn engine_loop(
         }
         let mut logged: Batch = Vec::with_capacity(waiting.len());
         let mut replies = Vec::with_capacity(waiting.len());
+        let mut deliveries: Vec<Delivery> = Vec::new();
         for request in waiting.drain(..) {
             match request {
-                Request::Query(query) => query(&engine),
+                // Dropped after a failure: the reader learns the store is unavailable.
+                Request::Query(_) if failed.load(Ordering::SeqCst) => {}
+                Request::Query(query) => deliveries.push(query(&engine)),
                 Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
                     reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
                 }
@@ -350,7 +361,7 @@ fn engine_loop(
                 }
             }
         }
-        if replies.is_empty() {
+        if replies.is_empty() && deliveries.is_empty() {
             continue;
         }
         let mut bytes = Vec::new();
@@ -363,7 +374,8 @@ fn engine_loop(
             log::encode_frame(&mut bytes, last_batch, &logged);
             last_batch
         };
-        if writes.send(WriteJob::Frame { batch, bytes, replies }).is_err() {
+        let deliveries = std::mem::take(&mut deliveries);
+        if writes.send(WriteJob::Frame { batch, bytes, replies, deliveries }).is_err() {
             return;
         }
         if commands_since_snapshot >= config.snapshot_every_commands {
@@ -386,7 +398,7 @@ fn writer_loop(
 ) {
     for job in jobs {
         match job {
-            WriteJob::Frame { batch, bytes, replies } => {
+            WriteJob::Frame { batch, bytes, replies, deliveries } => {
                 let written = if bytes.is_empty() || failed.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
@@ -406,6 +418,9 @@ fn writer_loop(
                     } else {
                         reply(result);
                     }
+                }
+                if !failure {
+                    deliveries.into_iter().for_each(|deliver| deliver());
                 }
             }
             WriteJob::Snapshot { batch, bytes } => {

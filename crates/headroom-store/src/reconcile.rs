@@ -69,6 +69,22 @@ impl std::fmt::Display for ReconcileReport {
 /// Most discrepancies listed one by one; more are counted.
 const DISCREPANCIES_LISTED_MAX: usize = 100;
 
+/// The newest snapshot. On a live directory the writer may replace it
+/// between listing and reading: then the newer one is read.
+fn newest_snapshot(directory: &Path) -> Result<Option<(u64, Vec<AccountState>)>, StoreError> {
+    for _ in 0..SNAPSHOT_READ_ATTEMPTS_MAX {
+        let Some((_, path)) = snapshot::list_snapshots(directory)?.pop() else { return Ok(None) };
+        match snapshot::read(&path) {
+            Err(StoreError::Io { .. }) if !path.exists() => continue,
+            other => return other.map(Some),
+        }
+    }
+    Err(StoreError::Unavailable("snapshots are replaced faster than they can be read".to_string()))
+}
+
+/// Attempts to read the newest snapshot of a live directory.
+const SNAPSHOT_READ_ATTEMPTS_MAX: usize = 5;
+
 pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
     let catalog_path = directory.join(CATALOG_FILE);
     let catalog_text = std::fs::read_to_string(&catalog_path).map_err(|error| StoreError::io(&catalog_path, error))?;
@@ -77,10 +93,7 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
         offset: 0,
         reason: error.to_string(),
     })?;
-    let snapshot = match snapshot::list_snapshots(directory)?.last() {
-        Some((_, path)) => Some(snapshot::read(path)?),
-        None => None,
-    };
+    let snapshot = newest_snapshot(directory)?;
     let mut engine = Engine::new(Arc::new(catalog));
     let mut report = ReconcileReport::default();
     let mut problems = Vec::new();
