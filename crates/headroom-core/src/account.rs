@@ -881,7 +881,7 @@ impl AccountState {
         // By window id: the plan may have changed since the reservation, and
         // a window it no longer has lets its units lapse.
         for (scope, window, weight, hold) in &reservation.window_holds {
-            let (set, _) = self.window_set_mut(catalog, &reservation.subject, *scope);
+            let set = self.window_set_mut(&reservation.subject, *scope);
             let windows = &catalog.plans[&set.plan].windows;
             let Some(index) = windows.iter().position(|spec| &spec.id == window && spec.scope == *scope) else {
                 continue;
@@ -1060,10 +1060,11 @@ impl AccountState {
         (set, &catalog.plans[&set.plan].windows[applicable.meter.window])
     }
 
-    fn window_set_mut(&mut self, _catalog: &Catalog, subject: &SubjectId, scope: Scope) -> (&mut WindowSet, Scope) {
+    /// The window states a scope refers to: the subject's or the account's.
+    fn window_set_mut(&mut self, subject: &SubjectId, scope: Scope) -> &mut WindowSet {
         match scope {
-            Scope::Subject => (&mut self.subjects.get_mut(subject).expect("known subject").windows, scope),
-            Scope::Account => (&mut self.windows, scope),
+            Scope::Subject => &mut self.subjects.get_mut(subject).expect("known subject").windows,
+            Scope::Account => &mut self.windows,
         }
     }
 
@@ -1102,7 +1103,7 @@ impl AccountState {
             return;
         }
         for applicable in applicable {
-            let (set, _) = self.window_set_mut(catalog, subject, applicable.scope);
+            let set = self.window_set_mut(subject, applicable.scope);
             let spec = &catalog.plans[&set.plan].windows[applicable.meter.window];
             let state = set.states[applicable.meter.window].get_or_insert_with(|| WindowState::new(spec, now));
             hold(*applicable, spec, state.consume(spec, now, units * applicable.meter.weight));
