@@ -768,7 +768,7 @@ impl AccountState {
     /// if with another. Checks room for a new key.
     fn replay(&self, key: &IdempotencyKey, fingerprint: u128, now: Timestamp) -> Result<Option<Recorded>, CoreError> {
         match self.keys.lookup(key, fingerprint, now) {
-            Lookup::Replay(recorded) => Ok(Some(recorded.clone())),
+            Lookup::Replay(recorded) => Ok(Some(recorded)),
             Lookup::Conflict => Err(CoreError::IdempotencyConflict(key.clone())),
             Lookup::New if !self.keys.has_room(now) => Err(CoreError::IdempotencyCapacity),
             Lookup::New => Ok(None),

@@ -1,6 +1,10 @@
 //! Remembered idempotency keys: the answer each key got, kept for the
 //! retention period and then forgotten. Forgetting changes no money: the
 //! events of the answer were recorded when it was given.
+//!
+//! An answer is kept encoded, in one allocation: every decision leaves one
+//! behind for a day, and a decision with its vectors would be three
+//! allocations and twice the memory, paid again when it is forgotten.
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -12,11 +16,14 @@ use crate::ids::IdempotencyKey;
 use crate::limits::IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX;
 use crate::time::Timestamp;
 
+/// Room for a typical encoded answer, so that encoding does not regrow.
+const ANSWER_BYTES_TYPICAL: usize = 512;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct KeyRecord {
     fingerprint: u128,
     expires_at: Timestamp,
-    recorded: Recorded,
+    answer: Box<[u8]>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,18 +33,18 @@ pub struct KeyTable {
     expiries: VecDeque<(Timestamp, IdempotencyKey)>,
 }
 
-pub enum Lookup<'a> {
+pub enum Lookup {
     New,
-    Replay(&'a Recorded),
+    Replay(Recorded),
     Conflict,
 }
 
 impl KeyTable {
-    pub fn lookup(&self, key: &IdempotencyKey, fingerprint: u128, now: Timestamp) -> Lookup<'_> {
+    pub fn lookup(&self, key: &IdempotencyKey, fingerprint: u128, now: Timestamp) -> Lookup {
         match self.records.get(key) {
             Some(record) if record.expires_at > now => {
                 if record.fingerprint == fingerprint {
-                    Lookup::Replay(&record.recorded)
+                    Lookup::Replay(postcard::from_bytes(&record.answer).expect("an answer this table encoded"))
                 } else {
                     Lookup::Conflict
                 }
@@ -53,8 +60,11 @@ impl KeyTable {
     }
 
     pub fn record(&mut self, key: IdempotencyKey, fingerprint: u128, expires_at: Timestamp, recorded: Recorded) {
+        let mut encoded = Vec::with_capacity(ANSWER_BYTES_TYPICAL);
+        encoded = postcard::to_extend(&recorded, encoded).expect("an answer encodes");
+        let answer = Box::from(encoded.as_slice());
         self.expiries.push_back((expires_at, key.clone()));
-        self.records.insert(key, KeyRecord { fingerprint, expires_at, recorded });
+        self.records.insert(key, KeyRecord { fingerprint, expires_at, answer });
     }
 
     /// Forgets the keys whose retention ended by `now`.
