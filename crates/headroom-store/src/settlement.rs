@@ -26,6 +26,10 @@ pub const CURSOR_FILE: &str = "settlement.cursor";
 /// behind a long backlog (after a restart, say).
 const SETTLE_UPDATES_PER_ROUND_MAX: usize = 16_384;
 
+/// Batches settled between two saves of the cursor: what a restart settles
+/// again at most (harmlessly), against two syncs per save.
+const CURSOR_SAVE_EVERY_BATCHES: u64 = 256;
+
 /// The last durable batch, published by the writer after each sync.
 #[derive(Default)]
 pub struct Durable {
@@ -174,6 +178,7 @@ fn settle_loop(
     closing: &AtomicBool,
 ) -> Result<(), StoreError> {
     let mut cursor = read_cursor(directory)?;
+    let mut saved = cursor;
     progress.settled_batch.store(cursor, Ordering::SeqCst);
     let mut tail = LogTail::new(directory, cursor + 1);
     while !closing.load(Ordering::SeqCst) {
@@ -207,9 +212,17 @@ fn settle_loop(
         }
         if last != cursor {
             cursor = last;
-            write_cursor(directory, cursor)?;
             progress.settled_batch.store(cursor, Ordering::SeqCst);
+            // Saving the cursor costs two syncs and a rename; settling again
+            // after a crash is harmless, so it is saved now and then.
+            if cursor - saved >= CURSOR_SAVE_EVERY_BATCHES {
+                write_cursor(directory, cursor)?;
+                saved = cursor;
+            }
         }
+    }
+    if cursor != saved {
+        write_cursor(directory, cursor)?;
     }
     Ok(())
 }
