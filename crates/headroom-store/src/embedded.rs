@@ -127,6 +127,8 @@ impl EmbeddedStore {
         let durable = Arc::new(Durable::new(recovered.last_batch));
         let settlement = Arc::new(Progress::default());
         let closing = Arc::new(AtomicBool::new(false));
+        // The writer is free: the engine thread hands it a frame.
+        let writer_idle = Arc::new(AtomicBool::new(true));
         let settlement_thread = {
             let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
             let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());
@@ -138,6 +140,7 @@ impl EmbeddedStore {
         let engine_thread = {
             let failed = failed.clone();
             let engine_config = config.clone();
+            let writer_idle = writer_idle.clone();
             let (engine, last_batch, pending) =
                 (recovered.engine, recovered.last_batch, recovered.commands_since_snapshot);
             std::thread::Builder::new()
@@ -152,17 +155,18 @@ impl EmbeddedStore {
                         request_receiver,
                         write_sender,
                         failed,
+                        writer_idle,
                     )
                 })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         let writer_thread = {
-            let (failed, durable) = (failed.clone(), durable.clone());
+            let (failed, durable, writer_idle) = (failed.clone(), durable.clone(), writer_idle.clone());
             let directory = config.data_directory.clone();
             let writer = recovered.writer;
             std::thread::Builder::new()
                 .name("headroom-writer".to_string())
-                .spawn(move || writer_loop(writer, directory, write_receiver, failed, durable))
+                .spawn(move || writer_loop(writer, directory, write_receiver, failed, durable, writer_idle))
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         Ok(EmbeddedStore {
@@ -315,6 +319,25 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
     Ok(Recovered { engine, last_batch, commands_since_snapshot, writer })
 }
 
+/// What the engine thread has applied and not yet handed to the writer.
+#[derive(Default)]
+struct Pending {
+    logged: Batch,
+    replies: Vec<(Reply, Result<Response, StoreError>)>,
+    deliveries: Vec<Delivery>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.replies.len() + self.deliveries.len()
+    }
+}
+
+/// How long the engine thread waits for more requests while a frame waits
+/// for the writer: short, so that a frame goes out as soon as the sync before
+/// it is done.
+const WRITER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
+
 #[allow(clippy::too_many_arguments)]
 fn engine_loop(
     mut engine: Engine,
@@ -325,57 +348,41 @@ fn engine_loop(
     requests: Receiver<Request>,
     writes: SyncSender<WriteJob>,
     failed: Arc<AtomicBool>,
+    writer_idle: Arc<AtomicBool>,
 ) {
     let batch_max = if config.group_commit { BATCH_COMMANDS_MAX } else { 1 };
-    let mut waiting: Vec<Request> = Vec::with_capacity(batch_max);
-    while let Ok(first) = requests.recv() {
-        waiting.push(first);
-        while waiting.len() < batch_max {
-            match requests.try_recv() {
-                Ok(request) => waiting.push(request),
-                Err(_) => break,
-            }
-        }
-        let mut logged: Batch = Vec::with_capacity(waiting.len());
-        let mut replies = Vec::with_capacity(waiting.len());
-        let mut deliveries: Vec<Delivery> = Vec::new();
-        for request in waiting.drain(..) {
-            match request {
-                // Dropped after a failure: the reader learns the store is unavailable.
-                Request::Query(_) if failed.load(Ordering::SeqCst) => {}
-                Request::Query(query) => deliveries.push(query(&engine)),
-                Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
-                    reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
-                }
-                Request::Command(command, reply) => {
-                    let now = clock.now();
-                    match apply(&mut engine, &command, now) {
-                        Ok(mut response) => {
-                            let events = response.take_events();
-                            logged.push(Logged { at: now, command, events });
-                            replies.push((reply, Ok(response)));
-                        }
-                        // Changed nothing, but answered in order with the rest.
-                        Err(refusal) => replies.push((reply, Err(StoreError::Refused(refusal)))),
-                    }
+    let mut pending = Pending::default();
+    loop {
+        // Group commit: while the writer syncs one frame, everything that
+        // arrives joins the next one, which goes out when the writer is free.
+        let request = if pending.len() == 0 {
+            requests.recv().ok()
+        } else {
+            match requests.recv_timeout(WRITER_POLL) {
+                Ok(request) => Some(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes, &writer_idle);
+                    return;
                 }
             }
+        };
+        if let Some(request) = request {
+            apply_request(&mut engine, &clock, &failed, request, &mut pending);
+            while pending.len() < batch_max {
+                match requests.try_recv() {
+                    Ok(request) => apply_request(&mut engine, &clock, &failed, request, &mut pending),
+                    Err(_) => break,
+                }
+            }
+        } else if pending.len() == 0 {
+            return; // Closed, nothing left.
         }
-        if replies.is_empty() && deliveries.is_empty() {
+        let ready = pending.len() >= batch_max || writer_idle.load(Ordering::SeqCst);
+        if pending.len() == 0 || !ready {
             continue;
         }
-        let mut bytes = Vec::new();
-        let batch = if logged.is_empty() {
-            // Nothing to log; the answers still wait for earlier frames.
-            last_batch
-        } else {
-            last_batch += 1;
-            commands_since_snapshot += logged.len() as u64;
-            log::encode_frame(&mut bytes, last_batch, &logged);
-            last_batch
-        };
-        let deliveries = std::mem::take(&mut deliveries);
-        if writes.send(WriteJob::Frame { batch, bytes, replies, deliveries }).is_err() {
+        if !hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes, &writer_idle) {
             return;
         }
         if commands_since_snapshot >= config.snapshot_every_commands {
@@ -389,12 +396,69 @@ fn engine_loop(
     }
 }
 
+/// Applies one request into the pending frame.
+fn apply_request(
+    engine: &mut Engine,
+    clock: &Arc<dyn Clock>,
+    failed: &AtomicBool,
+    request: Request,
+    pending: &mut Pending,
+) {
+    match request {
+        // Dropped after a failure: the reader learns the store is unavailable.
+        Request::Query(_) if failed.load(Ordering::SeqCst) => {}
+        Request::Query(query) => pending.deliveries.push(query(engine)),
+        Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
+            reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
+        }
+        Request::Command(command, reply) => {
+            let now = clock.now();
+            match apply(engine, &command, now) {
+                Ok(mut response) => {
+                    let events = response.take_events();
+                    pending.logged.push(Logged { at: now, command, events });
+                    pending.replies.push((reply, Ok(response)));
+                }
+                // Changed nothing, but answered in order with the rest.
+                Err(refusal) => pending.replies.push((reply, Err(StoreError::Refused(refusal)))),
+            }
+        }
+    }
+}
+
+/// Encodes the pending frame and gives it to the writer; false if the writer is gone.
+fn hand_off(
+    pending: &mut Pending,
+    last_batch: &mut u64,
+    commands_since_snapshot: &mut u64,
+    writes: &SyncSender<WriteJob>,
+    writer_idle: &AtomicBool,
+) -> bool {
+    if pending.len() == 0 {
+        return true;
+    }
+    let Pending { logged, replies, deliveries } = std::mem::take(pending);
+    let mut bytes = Vec::new();
+    let batch = if logged.is_empty() {
+        // Nothing to log; the answers still wait for earlier frames.
+        *last_batch
+    } else {
+        *last_batch += 1;
+        *commands_since_snapshot += logged.len() as u64;
+        log::encode_frame(&mut bytes, *last_batch, &logged);
+        *last_batch
+    };
+    writer_idle.store(false, Ordering::SeqCst);
+    writes.send(WriteJob::Frame { batch, bytes, replies, deliveries }).is_ok()
+}
+
 fn writer_loop(
     mut writer: SegmentWriter,
     directory: PathBuf,
     jobs: Receiver<WriteJob>,
     failed: Arc<AtomicBool>,
     durable: Arc<Durable>,
+    writer_idle: Arc<AtomicBool>,
 ) {
     for job in jobs {
         match job {
@@ -422,6 +486,7 @@ fn writer_loop(
                 if !failure {
                     deliveries.into_iter().for_each(|deliver| deliver());
                 }
+                writer_idle.store(true, Ordering::SeqCst);
             }
             WriteJob::Snapshot { batch, bytes } => {
                 if failed.load(Ordering::SeqCst) {
