@@ -66,8 +66,17 @@ pub(crate) enum Request {
 }
 
 enum WriteJob {
-    Frame { batch: u64, bytes: Vec<u8>, replies: Vec<(Reply, Result<Response, StoreError>)>, deliveries: Vec<Delivery> },
-    Snapshot { batch: u64, bytes: Vec<u8> },
+    /// The writer encodes the frame: the engine thread is the busier one.
+    Frame {
+        batch: u64,
+        logged: Batch,
+        replies: Vec<(Reply, Result<Response, StoreError>)>,
+        deliveries: Vec<Delivery>,
+    },
+    Snapshot {
+        batch: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 pub struct EmbeddedStore {
@@ -438,18 +447,16 @@ fn hand_off(
         return true;
     }
     let Pending { logged, replies, deliveries } = std::mem::take(pending);
-    let mut bytes = Vec::new();
     let batch = if logged.is_empty() {
         // Nothing to log; the answers still wait for earlier frames.
         *last_batch
     } else {
         *last_batch += 1;
         *commands_since_snapshot += logged.len() as u64;
-        log::encode_frame(&mut bytes, *last_batch, &logged);
         *last_batch
     };
     writer_idle.store(false, Ordering::SeqCst);
-    writes.send(WriteJob::Frame { batch, bytes, replies, deliveries }).is_ok()
+    writes.send(WriteJob::Frame { batch, logged, replies, deliveries }).is_ok()
 }
 
 fn writer_loop(
@@ -462,7 +469,11 @@ fn writer_loop(
 ) {
     for job in jobs {
         match job {
-            WriteJob::Frame { batch, bytes, replies, deliveries } => {
+            WriteJob::Frame { batch, logged, replies, deliveries } => {
+                let mut bytes = Vec::new();
+                if !logged.is_empty() {
+                    log::encode_frame(&mut bytes, batch, &logged);
+                }
                 let written = if bytes.is_empty() || failed.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
