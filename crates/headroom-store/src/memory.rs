@@ -1,6 +1,6 @@
 //! The in-memory twin: the same commands through the same core, with a log
 //! kept in memory and faults injected on write and sync. A command that
-//! meets a fault changes nothing: its account is restored.
+//! meets a fault changes nothing: the engine is put back as it was.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,8 +10,9 @@ use crate::command::{Command, apply};
 use crate::log::Logged;
 use crate::{Reply, Store, StoreError};
 
-/// Which writes and syncs fail: one in `every` of each, chosen by a seeded
-/// generator so that a failing run replays.
+/// Which writes and syncs fail: about one in `write_failure_one_in` writes
+/// and one in `sync_failure_one_in` syncs, chosen by a seeded generator so
+/// that a failing run replays.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     pub seed: u64,

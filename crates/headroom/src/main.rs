@@ -27,7 +27,8 @@ enum Action {
         #[arg(long, default_value_t = 100_000)]
         ops: u64,
         /// Also drive the in-memory store twin with injected write and sync
-        /// failures and crash-restarts, checking it against the engine.
+        /// failures and crash-restarts, checking it against the engine. Each
+        /// crash check replays the twin's whole log: keep --ops to thousands.
         #[arg(long)]
         twin: bool,
     },
