@@ -86,6 +86,12 @@ fn state(store: &EmbeddedStore) -> Vec<AccountState> {
     store.query(|engine| engine.accounts().cloned().collect()).unwrap()
 }
 
+/// Appends `bytes` to the newest log segment, as a crash mid-write would.
+fn append_to_log(directory: &Path, bytes: &[u8]) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(segment(directory)).unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+}
+
 fn segment(directory: &Path) -> PathBuf {
     log::list_segments(directory).unwrap().last().unwrap().1.clone()
 }
@@ -124,9 +130,7 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
     // bytes than arrived.
     let path = segment(&directory);
     let intact = std::fs::metadata(&path).unwrap().len();
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]);
-    std::fs::write(&path, &bytes).unwrap();
+    append_to_log(&directory, &[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]);
 
     let store = open(&directory, clock.clone()).unwrap();
     assert_eq!(state(&store), before);
@@ -155,9 +159,7 @@ fn a_last_frame_with_a_bad_checksum_is_a_torn_tail() {
     log::encode_frame(&mut torn, batch + 1, &commands);
     let last = torn.len() - 1;
     torn[last] ^= 0xFF;
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes.extend_from_slice(&torn);
-    std::fs::write(&path, &bytes).unwrap();
+    append_to_log(&directory, &torn);
     let store = open(&directory, clock).unwrap();
     assert_eq!(state(&store), before, "the damaged last frame was never acknowledged");
 }
@@ -333,8 +335,7 @@ fn reconciliation_passes_on_sound_data_and_names_a_forged_settlement() {
         next_batch,
         &vec![log::Logged { at: clock.now(), command: Command::Settle(forged), events: Vec::new() }],
     );
-    let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-    std::io::Write::write_all(&mut file, &bytes).unwrap();
+    append_to_log(&directory, &bytes);
 
     let report = reconcile::reconcile(&directory).unwrap();
     assert!(
@@ -355,10 +356,7 @@ fn zeros_after_the_last_frame_are_a_torn_tail_and_a_second_opener_is_refused() {
     );
     store.close();
     // A power cut can leave the file longer than what was written.
-    let path = segment(&directory);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes.extend_from_slice(&[0; 4096]);
-    std::fs::write(&path, &bytes).unwrap();
+    append_to_log(&directory, &[0; 4096]);
     let store = open(&directory, clock).unwrap();
     assert_eq!(state(&store), before);
 }
