@@ -86,6 +86,21 @@ fn state(store: &EmbeddedStore) -> Vec<AccountState> {
     store.query(|engine| engine.accounts().cloned().collect()).unwrap()
 }
 
+/// A data directory with the account set up and `decisions` decisions made
+/// (keys `k0`, `k1`…), settled and closed, with the state it was left in.
+fn closed_directory(name: &str, decisions: usize) -> (TemporaryDirectory, Arc<FakeClock>, Vec<AccountState>) {
+    let directory = temporary_directory(name);
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    for index in 0..decisions {
+        decide(&store, &format!("k{index}"));
+    }
+    let before = state(&store);
+    store.close();
+    (directory, clock, before)
+}
+
 /// Appends `bytes` to the newest log segment, as a crash mid-write would.
 fn append_to_log(directory: &Path, bytes: &[u8]) {
     let mut file = std::fs::OpenOptions::new().append(true).open(segment(directory)).unwrap();
@@ -118,13 +133,7 @@ fn a_reopened_store_has_exactly_the_acknowledged_state() {
 
 #[test]
 fn a_torn_tail_is_dropped_and_the_log_continues() {
-    let directory = temporary_directory("torn");
-    let clock = clock();
-    let store = open(&directory, clock.clone()).unwrap();
-    setup(&store);
-    decide(&store, "kept");
-    let before = state(&store);
-    store.close();
+    let (directory, clock, before) = closed_directory("torn", 1);
 
     // A crash in the middle of writing a frame: a header that promises more
     // bytes than arrived.
@@ -143,13 +152,7 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
 
 #[test]
 fn a_last_frame_with_a_bad_checksum_is_a_torn_tail() {
-    let directory = temporary_directory("torn-checksum");
-    let clock = clock();
-    let store = open(&directory, clock.clone()).unwrap();
-    setup(&store);
-    decide(&store, "kept");
-    let before = state(&store);
-    store.close();
+    let (directory, clock, before) = closed_directory("torn-checksum", 1);
     // A frame that was being written when the power went: complete in
     // length, wrong in content. It was never acknowledged.
     let path = segment(&directory);
@@ -262,15 +265,7 @@ fn settlement_settles_every_update_and_resumes_after_a_restart() {
 
 #[test]
 fn the_ledger_reads_in_pages_with_every_link() {
-    let directory = temporary_directory("ledger");
-    let clock = clock();
-    let store = open(&directory, clock).unwrap();
-    setup(&store);
-    for index in 0..30 {
-        decide(&store, &format!("k{index}"));
-    }
-    state(&store);
-    store.close();
+    let (directory, _clock, _) = closed_directory("ledger", 30);
 
     let account = AccountId::new("acme").unwrap();
     let (mut after, mut entries) = (0, Vec::new());
@@ -299,15 +294,7 @@ fn the_ledger_reads_in_pages_with_every_link() {
 
 #[test]
 fn reconciliation_passes_on_sound_data_and_names_a_forged_settlement() {
-    let directory = temporary_directory("reconcile");
-    let clock = clock();
-    let store = open(&directory, clock.clone()).unwrap();
-    setup(&store);
-    for index in 0..30 {
-        decide(&store, &format!("k{index}"));
-    }
-    state(&store);
-    store.close();
+    let (directory, clock, _) = closed_directory("reconcile", 30);
 
     let report = reconcile::reconcile(&directory).unwrap();
     assert_eq!(report.discrepancies, Vec::<String>::new(), "{report}");
