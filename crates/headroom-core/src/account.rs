@@ -420,7 +420,7 @@ impl AccountState {
                     },
                 );
                 self.reservation_expiries.insert((expires_at, id));
-                decision.reservation = Some(ReservationInfo { id, expires_at });
+                decision.reservation = Some(ReservationInfo { id, account: self.id.clone(), expires_at });
             }
             CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, catalog, now),
             CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, catalog, now),
@@ -510,7 +510,11 @@ impl AccountState {
         }
         decision.credits_charged = total_credits(&takes);
         decision.reason = reason_of(&decision.sources);
-        decision.reservation = Some(ReservationInfo { id: request.reservation, expires_at: reservation.expires_at });
+        decision.reservation = Some(ReservationInfo {
+            id: request.reservation,
+            account: self.id.clone(),
+            expires_at: reservation.expires_at,
+        });
         self.record_usage(&decision, &request.idempotency_key, window_units, write_off, &takes, &mut events);
         self.expire_grants(now, &mut events);
         decision.windows = self.window_reports(catalog, &reservation.subject, &applicable, now);

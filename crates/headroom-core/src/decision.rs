@@ -266,9 +266,11 @@ pub enum DecisionKind {
     Capture,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationInfo {
     pub id: ReservationId,
+    /// Captures and releases find the reservation through its account.
+    pub account: crate::AccountId,
     pub expires_at: Timestamp,
 }
 

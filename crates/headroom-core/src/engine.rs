@@ -116,24 +116,32 @@ impl Engine {
         account.reserve(catalog, request, now)
     }
 
-    /// Captures a reservation of `subject`'s account.
+    /// The catalog and an account, borrowed apart.
+    fn catalog_and_account(&mut self, id: &AccountId) -> Result<(&Catalog, &mut AccountState), CoreError> {
+        let index = *self.account_index.get(id).ok_or_else(|| CoreError::UnknownAccount(id.clone()))?;
+        Ok((&self.catalog, &mut self.accounts[index]))
+    }
+
+    /// Captures a reservation of `account`. A reservation is found through
+    /// its account, not its subject: a replayed capture must find the
+    /// account after the reservation is closed.
     pub fn capture(
         &mut self,
-        subject: &SubjectId,
+        account: &AccountId,
         request: &CaptureRequest,
         now: Timestamp,
     ) -> Result<Outcome<Decision>, CoreError> {
-        let (catalog, account) = self.subject_account(subject)?;
+        let (catalog, account) = self.catalog_and_account(account)?;
         account.capture(catalog, request, now)
     }
 
     pub fn release(
         &mut self,
-        subject: &SubjectId,
+        account: &AccountId,
         request: &ReleaseRequest,
         now: Timestamp,
     ) -> Result<Outcome<Released>, CoreError> {
-        let (catalog, account) = self.subject_account(subject)?;
+        let (catalog, account) = self.catalog_and_account(account)?;
         account.release(catalog, request, now)
     }
 
@@ -143,10 +151,8 @@ impl Engine {
         request: &GrantRequest,
         now: Timestamp,
     ) -> Result<Outcome<GrantAdded>, CoreError> {
-        let catalog = self.catalog.clone();
-        let index = *self.account_index.get(account).ok_or_else(|| CoreError::UnknownAccount(account.clone()))?;
-        let state = &mut self.accounts[index];
-        state.add_grant(&catalog, request, now)
+        let (catalog, account) = self.catalog_and_account(account)?;
+        account.add_grant(catalog, request, now)
     }
 
     pub fn set_plan(

@@ -86,3 +86,11 @@ pub const CHARGE_MICROS_MAX: u64 = 1_000_000_000_000_000;
 
 /// Largest overdraft, in micro-credits.
 pub const OVERDRAFT_MICROS_MAX: u64 = 1_000_000_000_000_000;
+
+// ----- The HTTP API -----
+
+/// Largest request body; a larger one is refused with 413.
+pub const HTTP_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most decisions in one call to the batch route.
+pub const BATCH_DECISIONS_MAX: usize = 1_000;

@@ -35,6 +35,67 @@ impl Timestamp {
     pub fn saturating_since(self, earlier: Timestamp) -> Duration {
         Duration(self.0.saturating_sub(earlier.0))
     }
+
+    /// Parses RFC 3339 (`2026-11-25T03:37:20Z`, `2026-11-25T04:37:20.5+01:00`):
+    /// a date, `T`, a time with optional fraction (kept to milliseconds), and
+    /// `Z` or an offset. Times before 1970 are refused.
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+        let invalid = || format!("{text:?} is not an RFC 3339 time such as 2026-11-25T03:37:20Z");
+        let bytes = text.as_bytes();
+        let number = |range: std::ops::Range<usize>| -> Result<i64, String> {
+            let digits = bytes.get(range).ok_or_else(invalid)?;
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return Err(invalid());
+            }
+            Ok(digits.iter().fold(0, |value, digit| value * 10 + i64::from(digit - b'0')))
+        };
+        let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+        if bytes.len() < 20
+            || !matches!(bytes[10], b'T' | b't' | b' ')
+            || separators.iter().any(|(at, separator)| bytes[*at] != *separator)
+        {
+            return Err(invalid());
+        }
+        let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+        let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+        let month_days = match month {
+            2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            1..=12 => 31,
+            _ => return Err(format!("{text:?} has month {month}")),
+        };
+        if !(1..=month_days).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+            return Err(format!("{text:?} is not a valid date and time"));
+        }
+        let mut position = 19;
+        let mut millis = 0;
+        if bytes[position] == b'.' {
+            let digits = bytes[position + 1..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+            if digits == 0 {
+                return Err(invalid());
+            }
+            let kept = &bytes[position + 1..position + 1 + digits.min(3)];
+            millis = kept.iter().fold(0, |value, digit| value * 10 + i64::from(digit - b'0'))
+                * 10_i64.pow(3 - kept.len() as u32);
+            position += 1 + digits;
+        }
+        let offset_minutes = match &bytes[position..] {
+            [b'Z' | b'z'] => 0,
+            [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+                let minutes = number(position + 1..position + 3)? * 60 + number(position + 4..position + 6)?;
+                if *sign == b'+' { minutes } else { -minutes }
+            }
+            _ => return Err(invalid()),
+        };
+        let seconds =
+            days_from_civil(year, month as u32, day as u32) * 86_400 + hour * 3600 + minute * 60 + second.min(59)
+                - offset_minutes * 60;
+        match u64::try_from(seconds * 1000 + millis) {
+            Ok(millis) => Ok(Timestamp(millis)),
+            Err(_) => Err(format!("{text:?} is before 1970")),
+        }
+    }
 }
 
 impl Duration {
@@ -105,6 +166,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// A proleptic Gregorian date to days since 1970-01-01 (the inverse of [`civil_from_days`]).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month_index = i64::from(if month > 2 { month - 3 } else { month + 9 });
+    let day_of_year = (153 * month_index + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// Where time comes from. The server uses the system clock; tests and the
 /// simulator use [`FakeClock`] and move it by hand.
 pub trait Clock: Send + Sync {
@@ -157,5 +229,26 @@ mod tests {
         // 2026-11-23 is a Monday.
         assert_eq!(Timestamp::from_millis(1_795_392_000_000).to_string(), "2026-11-23T00:00:00.000Z");
         assert_eq!(Duration::from_millis(1001).seconds_ceil(), 2);
+    }
+
+    #[test]
+    fn rfc3339_parses_back_what_display_prints() {
+        for millis in [0, 1_795_392_000_000, 1_795_392_123_456, 951_782_400_000, 4_107_542_399_999] {
+            let time = Timestamp::from_millis(millis);
+            assert_eq!(Timestamp::parse_rfc3339(&time.to_string()), Ok(time));
+        }
+        let parse = |text| Timestamp::parse_rfc3339(text).map(|time| time.millis());
+        assert_eq!(parse("2026-11-23T01:00:00+01:00"), Ok(1_795_392_000_000));
+        assert_eq!(parse("2026-11-22T23:30:00.5-00:30"), Ok(1_795_392_000_500));
+        for bad in [
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2026-11-23T00:00:00",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} parsed");
+        }
+        assert!(parse("2028-02-29T00:00:00Z").is_ok());
     }
 }

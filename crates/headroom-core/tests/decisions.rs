@@ -401,7 +401,7 @@ fn reserve(world: &mut World, quantity: u64, key: &str) -> Arc<Decision> {
 
 fn capture(world: &mut World, reservation: ReservationId, quantity: u64, key: &str) -> Arc<Decision> {
     let request = CaptureRequest { reservation, quantity, idempotency_key: IdempotencyKey::new(key).unwrap() };
-    let outcome = world.engine.capture(&SubjectId::new("alice").unwrap(), &request, world.now).unwrap();
+    let outcome = world.engine.capture(&AccountId::new("acme").unwrap(), &request, world.now).unwrap();
     world.events.extend(outcome.events);
     world.check();
     outcome.result
@@ -413,7 +413,7 @@ fn a_capture_below_the_estimate_returns_the_rest() {
     world.grant("bought", GrantKind::Purchase, 5_000_000, 0, None);
     let reserved = reserve(&mut world, 13, "r");
     assert_eq!(world.available(), Credits::from_micros(2_000_000), "3 credits held");
-    let id = reserved.reservation.unwrap().id;
+    let id = reserved.reservation.as_ref().unwrap().id;
     let captured = capture(&mut world, id, 9, "c");
     assert_eq!(captured.reason, Reason::CoveredByWindows);
     assert_eq!(world.available(), Credits::from_micros(5_000_000));
@@ -427,7 +427,7 @@ fn a_capture_above_the_estimate_takes_the_waterfall_then_writes_off() {
     let mut world = World::new("basic");
     world.grant("bought", GrantKind::Purchase, 2_500_000, 0, None);
     let reserved = reserve(&mut world, 11, "r");
-    let id = reserved.reservation.unwrap().id;
+    let id = reserved.reservation.as_ref().unwrap().id;
     // 10 from windows, 1 held credit; the extra 4 find 1.5 credits and the
     // remaining 2.5 credits are written off.
     let captured = capture(&mut world, id, 15, "c");
@@ -445,14 +445,14 @@ fn a_capture_above_the_estimate_takes_the_waterfall_then_writes_off() {
     let replay = world
         .engine
         .capture(
-            &SubjectId::new("alice").unwrap(),
+            &AccountId::new("acme").unwrap(),
             &CaptureRequest { reservation: id, quantity: 15, idempotency_key: IdempotencyKey::new("c").unwrap() },
             world.now,
         )
         .unwrap();
     assert!(replay.replayed);
     let closed = world.engine.capture(
-        &SubjectId::new("alice").unwrap(),
+        &AccountId::new("acme").unwrap(),
         &CaptureRequest { reservation: id, quantity: 15, idempotency_key: IdempotencyKey::new("c2").unwrap() },
         world.now,
     );
@@ -471,10 +471,10 @@ fn an_unreleased_reservation_expires_by_itself() {
     world.check();
     assert_eq!(world.available(), Credits::from_micros(5_000_000));
     assert_eq!(world.task("alice", 10, "after").reason, Reason::CoveredByWindows);
-    let id = reserved.reservation.unwrap().id;
+    let id = reserved.reservation.as_ref().unwrap().id;
     let release = ReleaseRequest { reservation: id, idempotency_key: IdempotencyKey::new("late").unwrap() };
     assert_eq!(
-        world.engine.release(&SubjectId::new("alice").unwrap(), &release, world.now).unwrap_err(),
+        world.engine.release(&AccountId::new("acme").unwrap(), &release, world.now).unwrap_err(),
         CoreError::UnknownReservation(id)
     );
 }
@@ -547,10 +547,10 @@ fn a_plan_change_keeps_holds_with_their_windows_and_never_reopens_one() {
     assert!(world.decide(&World::request("alice", "free", 10, "f")).allowed);
     // Releasing returns the held units to x, found by id, never to v.
     let release = ReleaseRequest {
-        reservation: reserved.reservation.unwrap().id,
+        reservation: reserved.reservation.as_ref().unwrap().id,
         idempotency_key: IdempotencyKey::new("rel").unwrap(),
     };
-    world.engine.release(&SubjectId::new("alice").unwrap(), &release, world.now).unwrap();
+    world.engine.release(&AccountId::new("acme").unwrap(), &release, world.now).unwrap();
     world.check();
     assert!(!world.decide(&World::request("alice", "free", 1, "f2")).allowed, "v is still full");
     assert!(world.task("alice", 5, "t2").allowed, "x got its units back");

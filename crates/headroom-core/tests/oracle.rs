@@ -1790,7 +1790,7 @@ impl Harness {
         if let Some(((expected, reservation), outcome)) = fresh {
             self.check_fresh_decision(subject, expected, &outcome, swept, &context);
             let decision = &outcome.result;
-            if let (Some(info), Some(reservation)) = (decision.reservation, reservation) {
+            if let (Some(info), Some(reservation)) = (&decision.reservation, reservation) {
                 self.model.accounts[account].reservations.insert(info.id, reservation);
                 self.reservations.push((subject, info.id));
             }
@@ -1807,7 +1807,7 @@ impl Harness {
         let account = SUBJECTS[subject].account;
         let before = self.account(account).clone();
         let expected = self.model.capture(account, &request, self.clock);
-        let got = self.engine.capture(&subject_id(subject), &request, at(self.clock));
+        let got = self.engine.capture(&account_id(account), &request, at(self.clock));
         let context = format!("clock {}: {request:?}", self.clock);
         let fresh = self.compare_outcome(account, &before, &context, expected, got, as_decision);
         if let Some((expected, outcome)) = fresh {
@@ -1825,7 +1825,7 @@ impl Harness {
         let account = SUBJECTS[subject].account;
         let before = self.account(account).clone();
         let expected = self.model.release(account, &request, self.clock);
-        let got = self.engine.release(&subject_id(subject), &request, at(self.clock));
+        let got = self.engine.release(&account_id(account), &request, at(self.clock));
         let context = format!("clock {}: {request:?}", self.clock);
         let fresh = self.compare_outcome(account, &before, &context, expected, got, as_released);
         if let Some((expected, outcome)) = fresh {
@@ -1922,7 +1922,7 @@ impl Harness {
             credits_short: decision.credits_short.micros(),
             available: decision.available.micros(),
             windows: decision.windows.iter().map(window_view).collect(),
-            reservation_expires_at: decision.reservation.map(|reservation| reservation.expires_at.millis()),
+            reservation_expires_at: decision.reservation.as_ref().map(|reservation| reservation.expires_at.millis()),
         }
     }
 

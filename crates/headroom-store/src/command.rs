@@ -25,11 +25,11 @@ pub enum Command {
     Decide(DecisionRequest),
     Reserve(ReserveRequest),
     Capture {
-        subject: SubjectId,
+        account: AccountId,
         request: CaptureRequest,
     },
     Release {
-        subject: SubjectId,
+        account: AccountId,
         request: ReleaseRequest,
     },
     AddGrant {
@@ -108,11 +108,11 @@ pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<R
             .map_err(core),
         Command::Decide(request) => engine.decide(request, now).map(Response::Decision).map_err(core),
         Command::Reserve(request) => engine.reserve(request, now).map(Response::Decision).map_err(core),
-        Command::Capture { subject, request } => {
-            engine.capture(subject, request, now).map(Response::Decision).map_err(core)
+        Command::Capture { account, request } => {
+            engine.capture(account, request, now).map(Response::Decision).map_err(core)
         }
-        Command::Release { subject, request } => {
-            engine.release(subject, request, now).map(Response::Released).map_err(core)
+        Command::Release { account, request } => {
+            engine.release(account, request, now).map(Response::Released).map_err(core)
         }
         Command::AddGrant { account, request } => {
             engine.add_grant(account, request, now).map(Response::GrantAdded).map_err(core)

@@ -11,7 +11,7 @@
 //! that could be lost.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -57,8 +57,9 @@ impl StoreConfig {
 /// with the commands, and returns the delivery of its answer, which the
 /// writer makes only once everything before it is durable: a reader never
 /// sees an effect that a crash could still undo.
-type Query = Box<dyn FnOnce(&Engine) -> Delivery + Send>;
-type Delivery = Box<dyn FnOnce() + Send>;
+type Query = Box<dyn FnOnce(Result<&Engine, StoreError>) -> Delivery + Send>;
+/// Called with `Err` when the frame before it could not be made durable.
+type Delivery = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 pub(crate) enum Request {
     Command(Command, Reply),
@@ -79,7 +80,50 @@ enum WriteJob {
     },
 }
 
+/// Commands per group commit, counted in power-of-two buckets (1, 2, 4 …
+/// up to [`BATCH_COMMANDS_MAX`]): how well concurrent commands share a sync.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    buckets: [AtomicU64; COMMIT_BUCKETS],
+    commits: AtomicU64,
+    commands: AtomicU64,
+}
+
+const COMMIT_BUCKETS: usize = BATCH_COMMANDS_MAX.ilog2() as usize + 1;
+
+/// A reading of [`CommitStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSizes {
+    /// (upper bound, commits with at most that many commands and more than the bound before).
+    pub buckets: Vec<(u64, u64)>,
+    pub commits: u64,
+    pub commands: u64,
+}
+
+impl CommitStats {
+    fn record(&self, commands: usize) {
+        let index = (commands.max(1).next_power_of_two().ilog2() as usize).min(COMMIT_BUCKETS - 1);
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> CommitSizes {
+        CommitSizes {
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(index, count)| (1u64 << index, count.load(Ordering::Relaxed)))
+                .collect(),
+            commits: self.commits.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub struct EmbeddedStore {
+    commit_stats: Arc<CommitStats>,
     /// Held while open: one writer per data directory.
     lock: Mutex<Option<std::fs::File>>,
     requests: Mutex<Option<SyncSender<Request>>>,
@@ -169,16 +213,19 @@ impl EmbeddedStore {
                 })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
+        let commit_stats = Arc::new(CommitStats::default());
         let writer_thread = {
             let (failed, durable, writer_idle) = (failed.clone(), durable.clone(), writer_idle.clone());
             let directory = config.data_directory.clone();
             let writer = recovered.writer;
+            let stats = commit_stats.clone();
             std::thread::Builder::new()
                 .name("headroom-writer".to_string())
-                .spawn(move || writer_loop(writer, directory, write_receiver, failed, durable, writer_idle))
+                .spawn(move || writer_loop(writer, directory, write_receiver, failed, durable, writer_idle, stats))
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         Ok(EmbeddedStore {
+            commit_stats,
             lock: Mutex::new(Some(lock)),
             requests: Mutex::new(Some(request_sender)),
             failed,
@@ -231,6 +278,16 @@ impl EmbeddedStore {
         }
     }
 
+    /// How many commands each group commit carried.
+    pub fn commit_sizes(&self) -> CommitSizes {
+        self.commit_stats.read()
+    }
+
+    /// Log batches durable but not yet settled, without waiting on the engine.
+    pub fn settlement_batches_behind(&self) -> u64 {
+        self.durable.get().saturating_sub(self.settlement.settled_batch.load(Ordering::SeqCst))
+    }
+
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
     }
@@ -260,16 +317,20 @@ impl Store for EmbeddedStore {
         }
     }
 
-    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
-        let (sender, receiver) = mpsc::sync_channel(1);
+    fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) {
         let query: Query = Box::new(move |engine| {
-            let answer = read(engine);
-            Box::new(move || {
-                let _ = sender.send(answer);
-            })
+            let value = engine.map(read);
+            Box::new(move |durable| answer(durable.and(value)))
         });
-        self.send(Request::Query(query)).map_err(|_| StoreError::Unavailable("the store is closed".to_string()))?;
-        receiver.recv().map_err(|_| StoreError::Unavailable("the store stopped".to_string()))
+        if let Err(request) = self.send(Request::Query(query))
+            && let Request::Query(query) = *request
+        {
+            query(Err(StoreError::Unavailable("the store is closed".to_string())))(Ok(()));
+        }
     }
 }
 
@@ -414,9 +475,10 @@ fn apply_request(
     pending: &mut Pending,
 ) {
     match request {
-        // Dropped after a failure: the reader learns the store is unavailable.
-        Request::Query(_) if failed.load(Ordering::SeqCst) => {}
-        Request::Query(query) => pending.deliveries.push(query(engine)),
+        Request::Query(query) if failed.load(Ordering::SeqCst) => {
+            query(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())))(Ok(()));
+        }
+        Request::Query(query) => pending.deliveries.push(query(Ok(engine))),
         Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
             reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
         }
@@ -466,6 +528,7 @@ fn writer_loop(
     failed: Arc<AtomicBool>,
     durable: Arc<Durable>,
     writer_idle: Arc<AtomicBool>,
+    stats: Arc<CommitStats>,
 ) {
     for job in jobs {
         match job {
@@ -486,6 +549,7 @@ fn writer_loop(
                 let failure = failed.load(Ordering::SeqCst);
                 if !failure && !bytes.is_empty() {
                     durable.publish(batch);
+                    stats.record(logged.len());
                 }
                 for (reply, result) in replies {
                     if failure {
@@ -494,8 +558,12 @@ fn writer_loop(
                         reply(result);
                     }
                 }
-                if !failure {
-                    deliveries.into_iter().for_each(|deliver| deliver());
+                for deliver in deliveries {
+                    deliver(if failure {
+                        Err(StoreError::Unavailable("the log could not be written".to_string()))
+                    } else {
+                        Ok(())
+                    });
                 }
                 writer_idle.store(true, Ordering::SeqCst);
             }

@@ -19,7 +19,7 @@ pub mod snapshot;
 use std::path::{Path, PathBuf};
 
 pub use command::{Command, Refusal, Response, apply};
-pub use embedded::{CATALOG_FILE, EmbeddedStore, SettlementLag, StoreConfig};
+pub use embedded::{CATALOG_FILE, CommitSizes, EmbeddedStore, SettlementLag, StoreConfig};
 pub use memory::{Faults, MemoryStore};
 
 use headroom_core::{Clock, Engine, Timestamp};
@@ -92,8 +92,23 @@ pub trait Store: Send + Sync {
     /// Runs `command`; `reply` is called once it is durable, or with why not.
     fn submit(&self, command: Command, reply: Reply);
 
-    /// Reads the engine's current state.
-    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError>;
+    /// Reads the engine's state in order with the commands; `answer` is
+    /// called once everything before the read is durable (a reader never
+    /// sees an effect a crash could undo), or with why the read failed.
+    fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    );
+
+    /// Reads the engine's state and waits for the answer.
+    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.read(read, move |answer| {
+            let _ = sender.send(answer);
+        });
+        receiver.recv().unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
+    }
 
     /// Runs `command` and waits for its answer.
     fn execute(&self, command: Command) -> Result<Response, StoreError> {

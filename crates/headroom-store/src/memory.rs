@@ -99,7 +99,12 @@ impl Store for MemoryStore {
         reply(result);
     }
 
-    fn query<T: Send + 'static>(&self, read: impl FnOnce(&Engine) -> T + Send + 'static) -> Result<T, StoreError> {
-        Ok(read(&self.inner.lock().expect("not poisoned").engine))
+    fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) {
+        let value = read(&self.inner.lock().expect("not poisoned").engine);
+        answer(Ok(value));
     }
 }

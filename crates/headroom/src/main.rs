@@ -1,9 +1,12 @@
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+use headroom::client::{Client, ClientError, GrantArguments};
+use headroom::server::{self, LogFormat, ServeConfig};
 use headroom::simulate::{self, SimulationConfig};
 
 /// Headroom: a real-time access engine. One decision per request: how much
@@ -17,6 +20,51 @@ struct Command {
 
 #[derive(Subcommand)]
 enum Action {
+    /// Run the HTTP API over an embedded data directory. With no arguments:
+    /// 127.0.0.1:8080, ./headroom-data, the demo catalog, and on first start
+    /// a demo account `demo` (plan plus, 25 credits) with subject `demo-user`.
+    Serve {
+        /// Address and port to listen on (port 0: any free port, printed at start).
+        #[arg(long, env = "HEADROOM_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where decisions, events and the ledger are kept (made if missing).
+        #[arg(long, env = "HEADROOM_DATA_DIR", default_value = "headroom-data")]
+        data_dir: PathBuf,
+        /// The catalog (features, plans, windows) in TOML; default: the demo
+        /// catalog compiled in (examples/catalog.toml). A data directory keeps
+        /// the catalog it was started with.
+        #[arg(long, env = "HEADROOM_CATALOG")]
+        catalog: Option<PathBuf>,
+        /// Log lines for people (`human`) or for log pipelines (`json`), on stderr.
+        #[arg(long, env = "HEADROOM_LOG_FORMAT", value_enum, default_value = "human")]
+        log_format: LogFormat,
+        /// Do not create the demo account on first start.
+        #[arg(long, env = "HEADROOM_NO_DEMO")]
+        no_demo: bool,
+        /// The admin token (16 characters or more). When unset, one is made on
+        /// first start, printed once, and only its hash is kept in
+        /// <data-dir>/admin.token.
+        #[arg(long, env = "HEADROOM_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+    /// Create an account or change its plan (admin).
+    #[command(subcommand)]
+    Accounts(AccountsAction),
+    /// Add a subject to an account (admin).
+    #[command(subcommand)]
+    Subjects(SubjectsAction),
+    /// Grant credits to an account (admin).
+    #[command(subcommand)]
+    Grants(GrantsAction),
+    /// Show a subject's windows and its account's wallet.
+    Usage {
+        subject: String,
+        #[command(flatten)]
+        client: ClientArguments,
+    },
+    /// Create service and subject tokens (admin).
+    #[command(subcommand)]
+    Tokens(TokensAction),
     /// Run the deterministic simulator: random catalogs, accounts and
     /// operations from one seed, every invariant checked after every step.
     Simulate {
@@ -54,8 +102,147 @@ enum Action {
     },
 }
 
+/// How the admin subcommands reach a running server.
+#[derive(Args)]
+struct ClientArguments {
+    /// The server's base URL.
+    #[arg(long, env = "HEADROOM_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// A bearer token: the admin token for admin commands.
+    #[arg(long, env = "HEADROOM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ClientArguments {
+    fn client(self) -> Client {
+        Client { server: self.server, token: self.token, json: self.json }
+    }
+}
+
+#[derive(Subcommand)]
+enum AccountsAction {
+    /// Create the account, or change its plan and overdraft.
+    Put {
+        account: String,
+        #[arg(long)]
+        plan: String,
+        /// Credits the account may spend below zero (`100`, `0.5`); default: the plan's.
+        #[arg(long)]
+        overdraft: Option<String>,
+        #[command(flatten)]
+        client: ClientArguments,
+    },
+    /// Show an account.
+    Get {
+        account: String,
+        #[command(flatten)]
+        client: ClientArguments,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubjectsAction {
+    /// Add the subject to an account, or change its plan.
+    Put {
+        subject: String,
+        #[arg(long)]
+        account: String,
+        /// The subject's own plan; default: its account's.
+        #[arg(long)]
+        plan: Option<String>,
+        #[command(flatten)]
+        client: ClientArguments,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsAction {
+    /// Grant credits, exactly once per idempotency key.
+    Add {
+        account: String,
+        /// free_tier, promotion, entitlement or purchase.
+        #[arg(long, default_value = "purchase")]
+        kind: String,
+        /// Credits (`10`, `0.25`).
+        #[arg(long)]
+        credits: String,
+        /// Lower is spent first within a kind.
+        #[arg(long)]
+        priority: Option<u32>,
+        /// RFC 3339; default: the catalog's default expiry.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[arg(long)]
+        idempotency_key: String,
+        #[command(flatten)]
+        client: ClientArguments,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// Create a token; it is shown once.
+    Create {
+        /// service (decisions, reservations) or subject (its own usage).
+        #[arg(long)]
+        kind: String,
+        /// For a subject token: the subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// For a service token: limit it to this account's subjects.
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        client: ClientArguments,
+    },
+}
+
+fn print_call(result: Result<String, ClientError>) -> ExitCode {
+    match result {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("headroom: {error}");
+            match error {
+                ClientError::Refused(_) => ExitCode::FAILURE,
+                ClientError::Unreachable(_) => ExitCode::from(2),
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match Command::parse().action {
+        Action::Serve { listen, data_dir, catalog, log_format, no_demo, admin_token } => {
+            let config = ServeConfig { listen, data_dir, catalog, log_format, demo: !no_demo, admin_token };
+            match server::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("headroom: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Action::Accounts(AccountsAction::Put { account, plan, overdraft, client }) => {
+            print_call(client.client().put_account(&account, &plan, overdraft.as_deref()))
+        }
+        Action::Accounts(AccountsAction::Get { account, client }) => print_call(client.client().get_account(&account)),
+        Action::Subjects(SubjectsAction::Put { subject, account, plan, client }) => {
+            print_call(client.client().put_subject(&subject, &account, plan.as_deref()))
+        }
+        Action::Grants(GrantsAction::Add { account, kind, credits, priority, expires_at, idempotency_key, client }) => {
+            let grant = GrantArguments { kind, credits, priority, expires_at, idempotency_key };
+            print_call(client.client().add_grant(&account, &grant))
+        }
+        Action::Usage { subject, client } => print_call(client.client().usage(&subject)),
+        Action::Tokens(TokensAction::Create { kind, subject, account, client }) => {
+            print_call(client.client().create_token(&kind, subject.as_deref(), account.as_deref()))
+        }
         Action::Simulate { seed, ops, twin } => {
             let seed = seed.unwrap_or_else(random_seed);
             println!("seed {seed}");

@@ -217,8 +217,9 @@ impl Simulation {
         subject: &SubjectId,
         request: &CaptureRequest,
     ) -> Result<Outcome<Decision>, CoreError> {
-        let result = self.engine.capture(subject, request, self.clock.now());
-        self.mirror_if(result.is_ok(), || Command::Capture { subject: subject.clone(), request: request.clone() });
+        let account = self.engine.account_of(subject)?.clone();
+        let result = self.engine.capture(&account, request, self.clock.now());
+        self.mirror_if(result.is_ok(), || Command::Capture { account, request: request.clone() });
         result
     }
 
@@ -227,8 +228,9 @@ impl Simulation {
         subject: &SubjectId,
         request: &ReleaseRequest,
     ) -> Result<Outcome<Released>, CoreError> {
-        let result = self.engine.release(subject, request, self.clock.now());
-        self.mirror_if(result.is_ok(), || Command::Release { subject: subject.clone(), request: request.clone() });
+        let account = self.engine.account_of(subject)?.clone();
+        let result = self.engine.release(&account, request, self.clock.now());
+        self.mirror_if(result.is_ok(), || Command::Release { account, request: request.clone() });
         result
     }
 
@@ -367,7 +369,7 @@ impl Simulation {
             Ok(outcome) => {
                 self.count(&outcome.result);
                 self.record(&outcome.events)?;
-                if let Some(reservation) = outcome.result.reservation {
+                if let Some(reservation) = &outcome.result.reservation {
                     self.report.reservations += 1;
                     self.reservations.push((request.subject.clone(), reservation.id, request.quantity));
                 }
@@ -523,7 +525,7 @@ impl Simulation {
                 self.remembered[index] = match remembered {
                     Remembered::Decide(request, _) => Remembered::Decide(request, outcome.result),
                     Remembered::Reserve(request, _) => {
-                        if let Some(reservation) = outcome.result.reservation {
+                        if let Some(reservation) = &outcome.result.reservation {
                             self.reservations.push((request.subject.clone(), reservation.id, request.quantity));
                         }
                         Remembered::Reserve(request, outcome.result)

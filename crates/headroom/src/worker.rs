@@ -50,13 +50,13 @@ fn work(store: &EmbeddedStore, output: &Mutex<std::io::Stdout>, prefix: &str) ->
             continue;
         }
         let reserved = decision(store.execute(workload::reserve(&key))?);
-        let Some(reservation) = reserved.reservation else {
+        let Some(reservation) = &reserved.reservation else {
             print(format!("reserve {key} {} -", reserved.id));
             continue;
         };
         print(format!("reserve {key} {} {}", reserved.id, reservation.id));
         let capture_key = format!("{key}-capture");
-        let captured = decision(store.execute(workload::capture(&capture_key, &key, reservation.id))?);
+        let captured = decision(store.execute(workload::capture(&capture_key, reservation.id))?);
         print(format!("capture {capture_key} {key} {} {}", reservation.id, captured.id));
     }
     Ok(())

@@ -72,9 +72,9 @@ pub fn reserve(idempotency_key: &str) -> Command {
 }
 
 /// Captures below, at or above the estimate, by the key.
-pub fn capture(idempotency_key: &str, reserve_key: &str, reservation: ReservationId) -> Command {
+pub fn capture(idempotency_key: &str, reservation: ReservationId) -> Command {
     Command::Capture {
-        subject: subject(spread(reserve_key)),
+        account: AccountId::new(ACCOUNT).expect("valid id"),
         request: CaptureRequest {
             reservation,
             quantity: spread(idempotency_key) % 12,

@@ -106,9 +106,9 @@ fn verify(directory: &Path, acknowledged: &[String]) {
         let (command, expected) = match fields[..] {
             ["decide", key, id] => (workload::decide(key), id),
             ["reserve", key, id, _] => (workload::reserve(key), id),
-            ["capture", key, reserve_key, reservation, id] => {
+            ["capture", key, _reserve_key, reservation, id] => {
                 let reservation = DecisionId::parse(reservation).expect("a decision id");
-                (workload::capture(key, reserve_key, reservation), id)
+                (workload::capture(key, reservation), id)
             }
             _ => panic!("unexpected worker line {line:?}"),
         };

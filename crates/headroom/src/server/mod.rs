@@ -1,0 +1,215 @@
+//! `headroom serve`: the HTTP API over the embedded store.
+//!
+//! A request is parsed and checked on a tokio worker, becomes one
+//! [`Command`], and is handed to the store, whose engine thread applies it
+//! and whose writer makes it durable (group commit) before the answer comes
+//! back through a oneshot channel. Handlers never block on the disk.
+
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use headroom_core::*;
+use headroom_store::{Command, EmbeddedStore, Response, Store, StoreConfig, StoreError, SystemClock};
+
+use auth::{AdminToken, Tokens};
+use metrics::Metrics;
+
+/// How often idle accounts are moved to now, which expires their
+/// reservations and grants (an active account does so on every request).
+pub const ADVANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: the demo catalog compiled in.
+    pub catalog: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Create the demo account on first start.
+    pub demo: bool,
+    pub admin_token: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<EmbeddedStore>,
+    pub tokens: Arc<Tokens>,
+    pub metrics: Arc<Metrics>,
+    pub data_dir: Arc<PathBuf>,
+}
+
+impl AppState {
+    /// Runs a command; resolves once it is durable (or refused).
+    pub async fn execute(&self, command: Command) -> Result<Response, StoreError> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.store.submit(
+            command,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
+    }
+
+    /// Reads the engine's state, in order with the commands.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.store.read(read, move |answer| {
+            let _ = sender.send(answer);
+        });
+        receiver.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
+    }
+}
+
+/// The demo account that the README's first curl uses.
+pub const DEMO_ACCOUNT: &str = "demo";
+pub const DEMO_SUBJECT: &str = "demo-user";
+pub const DEMO_CREDITS_MICROS: u64 = 25_000_000;
+
+/// Runs the server until SIGTERM or SIGINT; then stops accepting, finishes
+/// what is in flight, syncs and returns.
+pub fn serve(config: ServeConfig) -> Result<(), String> {
+    init_logging(config.log_format);
+    let catalog = match &config.catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+            Catalog::from_toml(&text).map_err(|error| format!("{}: {error}", path.display()))?
+        }
+        None => Catalog::demo(),
+    };
+    let store = EmbeddedStore::open(StoreConfig::new(&config.data_dir), Arc::new(catalog), Arc::new(SystemClock))
+        .map_err(|error| error.to_string())?;
+    let store = Arc::new(store);
+    let (tokens, admin) = Tokens::open(&config.data_dir, config.admin_token.as_deref())?;
+    if let AdminToken::Generated(token) = &admin {
+        println!(
+            "admin token (shown once; only its hash is kept in {}):",
+            config.data_dir.join(auth::ADMIN_TOKEN_FILE).display()
+        );
+        println!("{token}");
+    }
+    if config.demo {
+        create_demo(&store)?;
+    }
+    let state = AppState {
+        store: store.clone(),
+        tokens: Arc::new(tokens),
+        metrics: Arc::new(Metrics::default()),
+        data_dir: Arc::new(config.data_dir.clone()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("headroom-http")
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+        let address = listener.local_addr().map_err(|error| error.to_string())?;
+        tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
+        // A plain line for people and scripts: where to send requests.
+        println!("headroom listening on http://{address}");
+        let advance = tokio::spawn(advance_periodically(state.clone()));
+        let app = routes::router(state.clone());
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+        advance.abort();
+        served.map_err(|error| format!("the server failed: {error}"))
+    });
+    // In-flight requests are answered; now settle what was decided and sync.
+    tracing::info!("stopping: closing the store");
+    store.close();
+    tracing::info!("stopped");
+    served
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// On the first start (no accounts), the demo account with one subject and
+/// some purchased credits. Safe to run again: every step is idempotent.
+fn create_demo(store: &EmbeddedStore) -> Result<(), String> {
+    let empty = store.query(|engine| engine.accounts().next().is_none()).map_err(|error| error.to_string())?;
+    if !empty {
+        return Ok(());
+    }
+    let account = AccountId::new(DEMO_ACCOUNT).expect("a valid id");
+    let commands = [
+        Command::OpenAccount {
+            account: account.clone(),
+            plan: PlanId::new("plus").expect("a valid id"),
+            overdraft: None,
+        },
+        Command::PutSubject {
+            subject: SubjectId::new(DEMO_SUBJECT).expect("a valid id"),
+            account: account.clone(),
+            plan: None,
+        },
+        Command::AddGrant {
+            account,
+            request: GrantRequest {
+                grant: GrantId::new("demo-credits").expect("a valid id"),
+                kind: GrantKind::Purchase,
+                credits: Credits::from_micros(DEMO_CREDITS_MICROS),
+                priority: 0,
+                expires_at: None,
+                idempotency_key: IdempotencyKey::new("demo-credits").expect("a valid key"),
+            },
+        },
+    ];
+    for command in commands {
+        match store.execute(command) {
+            Ok(_) | Err(StoreError::Refused(headroom_store::Refusal::Core(CoreError::AccountExists(_)))) => {}
+            Err(error) => return Err(format!("creating the demo account failed: {error}")),
+        }
+    }
+    tracing::info!(account = DEMO_ACCOUNT, subject = DEMO_SUBJECT, "created the demo account");
+    Ok(())
+}
+
+async fn advance_periodically(state: AppState) {
+    let mut interval = tokio::time::interval(ADVANCE_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = state.execute(Command::Advance).await {
+            tracing::warn!(%error, "moving accounts to now failed");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+}
