@@ -26,7 +26,7 @@ pub struct DecisionBody {
     pub feature: String,
     /// Units wanted, 1 to 1,000,000,000.
     #[schema(value_type = i64, example = 1)]
-    pub quantity: i128,
+    pub quantity: i64,
     /// Request attributes that may set the price (`{"model": "gpt-5-codex"}`), at most 16.
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, String>>,
@@ -55,7 +55,7 @@ pub struct ReservationBody {
     pub feature: String,
     /// The estimate, 1 to 1,000,000,000 units.
     #[schema(value_type = i64, example = 10)]
-    pub quantity: i128,
+    pub quantity: i64,
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, String>>,
     pub idempotency_key: String,
@@ -63,7 +63,7 @@ pub struct ReservationBody {
     /// (default 900, at most 86,400).
     #[serde(default)]
     #[schema(value_type = Option<i64>)]
-    pub lifetime_s: Option<i128>,
+    pub lifetime_s: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -71,7 +71,7 @@ pub struct ReservationBody {
 pub struct CaptureBody {
     /// The actual quantity, 0 to 1,000,000,000: less or more than the estimate.
     #[schema(value_type = i64, example = 8)]
-    pub quantity: i128,
+    pub quantity: i64,
     pub idempotency_key: String,
 }
 
@@ -89,7 +89,7 @@ pub struct AccountBody {
     /// Micro-credits the account may spend below zero; absent: the plan's.
     #[serde(default)]
     #[schema(value_type = Option<i64>)]
-    pub overdraft: Option<i128>,
+    pub overdraft: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -109,11 +109,11 @@ pub struct GrantBody {
     pub kind: String,
     /// Micro-credits granted, more than 0.
     #[schema(value_type = i64, example = 10_000_000)]
-    pub credits: i128,
+    pub credits: i64,
     /// Lower is spent first, within a kind (default 0).
     #[serde(default)]
     #[schema(value_type = Option<i64>)]
-    pub priority: Option<i128>,
+    pub priority: Option<i64>,
     /// RFC 3339; absent: the catalog's default expiry from now.
     #[serde(default)]
     pub expires_at: Option<String>,
@@ -372,7 +372,7 @@ pub fn id<T>(field: &str, text: &str, parse: fn(&str) -> Result<T, IdError>) -> 
 }
 
 /// An integer field within `range`, named in the error.
-pub fn bounded(field: &str, value: i128, range: std::ops::RangeInclusive<u64>) -> Result<u64, ApiError> {
+pub fn bounded(field: &str, value: i64, range: std::ops::RangeInclusive<u64>) -> Result<u64, ApiError> {
     match u64::try_from(value) {
         Ok(value) if range.contains(&value) => Ok(value),
         _ => {

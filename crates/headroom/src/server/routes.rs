@@ -611,7 +611,7 @@ async fn ledger(
     let account = account_path(&id)?;
     let limit = bounded(
         "limit",
-        i128::from(query.limit.unwrap_or(100)),
+        i64::try_from(query.limit.unwrap_or(100)).unwrap_or(i64::MAX),
         1..=headroom_store::ledger::LEDGER_PAGE_ENTRIES_MAX as u64,
     )?;
     read_account(&state, account.clone()).await?;
