@@ -24,13 +24,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                 format!("the body is larger than {HTTP_BODY_BYTES_MAX} bytes"),
             )
         };
-        let declared = request.headers().get(axum::http::header::CONTENT_LENGTH);
-        if declared
-            .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
-            .is_some_and(|length| length > HTTP_BODY_BYTES_MAX)
-        {
-            return Err(too_large());
-        }
         let bytes = match Limited::new(request.into_body(), HTTP_BODY_BYTES_MAX).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
