@@ -1,4 +1,4 @@
-//! Every bound of the core, named in one place with what it costs.
+//! Every bound of the core and of the HTTP API, named in one place with what it costs.
 
 /// Longest subject, account, feature, plan, window or grant id, in bytes.
 /// Ids are copied into every event; keeping them short keeps events small.
