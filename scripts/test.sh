@@ -34,6 +34,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests"
 cargo test --workspace --locked
 
+step "API fuzzing: schemathesis against the real server, driven by its OpenAPI document"
+cargo build --locked --quiet -p headroom
+scripts/fuzz-api.sh target/debug/headroom
+
 step "simulation: 1,000,000 operations, random seed (printed first)"
 cargo run --release --locked --quiet -p headroom -- simulate --ops 1000000
 

@@ -77,7 +77,7 @@ impl fmt::Display for CoreError {
             CoreError::InvalidGrant(reason) => write!(f, "grant: {reason}"),
             CoreError::IdempotencyKeyRequired => write!(f, "an idempotency key is required"),
             CoreError::IdempotencyConflict(key) => {
-                write!(f, "idempotency key {key:?} was used with a different request")
+                write!(f, "idempotency key {:?} was used with a different request", key.as_str())
             }
             CoreError::IdempotencyCapacity => {
                 write!(f, "too many idempotency keys retained; retry later")

@@ -40,7 +40,7 @@ pub struct LedgerPage {
 pub fn read(directory: &Path, account: &AccountId, after: u64, limit: usize) -> Result<LedgerPage, StoreError> {
     let limit = limit.clamp(1, LEDGER_PAGE_ENTRIES_MAX);
     // One more than the page, to know whether another page follows.
-    let last_wanted = after + limit as u64 + 1;
+    let last_wanted = after.saturating_add(limit as u64 + 1);
     let mut entries: BTreeMap<u64, LedgerEntry> = BTreeMap::new();
     let mut by_id: BTreeMap<EventId, u64> = BTreeMap::new();
     log::scan(directory, |_, _, commands| {
@@ -63,7 +63,8 @@ pub fn read(directory: &Path, account: &AccountId, after: u64, limit: usize) -> 
                 match event {
                     // Sequences are gapless within an account: a page is a range of them.
                     Event::Balance(update)
-                        if &update.account == account && (after + 1..=last_wanted).contains(&update.sequence) =>
+                        if &update.account == account
+                            && (after.saturating_add(1)..=last_wanted).contains(&update.sequence) =>
                     {
                         let linked = matches!(update.cause, BalanceCause::Debit { .. });
                         by_id.insert(update.id, update.sequence);

@@ -216,6 +216,11 @@ fn every_error_has_one_shape_and_its_status() {
     server.admin("GET", "/v1/nothing/here", None).expect(404, Some("not_found"));
     server.admin("GET", "/v1/accounts/nobody", None).expect(404, Some("unknown_account"));
     server.admin("DELETE", "/v1/decisions", None).expect(405, Some("method_not_allowed"));
+    server
+        .admin("GET", "/v1/accounts/demo/ledger?after=18446744073709551615", None)
+        .expect(400, Some("malformed_request"));
+    server.admin("GET", "/v1/accounts/demo/ledger?after=-1", None).expect(422, Some("invalid_value"));
+    server.admin("GET", "/v1/accounts/demo/ledger?limit=0", None).expect(422, Some("invalid_value"));
 
     let big = vec![b' '; headroom_core::limits::HTTP_BODY_BYTES_MAX + 1];
     post(&big).expect(413, Some("payload_too_large"));

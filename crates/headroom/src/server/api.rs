@@ -25,7 +25,7 @@ pub struct DecisionBody {
     #[schema(example = "codex.local_task")]
     pub feature: String,
     /// Units wanted, 1 to 1,000,000,000.
-    #[schema(value_type = i64, example = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000_000, example = 1)]
     pub quantity: i64,
     /// Request attributes that may set the price (`{"model": "gpt-5-codex"}`), at most 16.
     #[serde(default)]
@@ -54,7 +54,7 @@ pub struct ReservationBody {
     pub subject: String,
     pub feature: String,
     /// The estimate, 1 to 1,000,000,000 units.
-    #[schema(value_type = i64, example = 10)]
+    #[schema(minimum = 1, maximum = 1_000_000_000, example = 10)]
     pub quantity: i64,
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, String>>,
@@ -62,7 +62,7 @@ pub struct ReservationBody {
     /// Seconds before an uncaptured reservation is released by itself
     /// (default 900, at most 86,400).
     #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub lifetime_s: Option<i64>,
 }
 
@@ -70,7 +70,7 @@ pub struct ReservationBody {
 #[serde(deny_unknown_fields)]
 pub struct CaptureBody {
     /// The actual quantity, 0 to 1,000,000,000: less or more than the estimate.
-    #[schema(value_type = i64, example = 8)]
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 8)]
     pub quantity: i64,
     pub idempotency_key: String,
 }
@@ -88,7 +88,7 @@ pub struct AccountBody {
     pub plan: String,
     /// Micro-credits the account may spend below zero; absent: the plan's.
     #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub overdraft: Option<i64>,
 }
 
@@ -108,11 +108,11 @@ pub struct GrantBody {
     #[schema(example = "purchase")]
     pub kind: String,
     /// Micro-credits granted, more than 0.
-    #[schema(value_type = i64, example = 10_000_000)]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 10_000_000)]
     pub credits: i64,
     /// Lower is spent first, within a kind (default 0).
     #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[schema(minimum = 0, maximum = 4_294_967_295_i64)]
     pub priority: Option<i64>,
     /// RFC 3339; absent: the catalog's default expiry from now.
     #[serde(default)]

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -106,6 +106,7 @@ pub struct Tokens {
     path: PathBuf,
     /// By token id; the id is the token's public prefix.
     records: RwLock<BTreeMap<String, TokenRecord>>,
+    writing: Mutex<()>,
 }
 
 /// What starting up did about the admin token.
@@ -152,7 +153,7 @@ impl Tokens {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => return Err(format!("{}: {error}", path.display())),
         };
-        Ok((Tokens { admin_hash, path, records: RwLock::new(records) }, admin))
+        Ok((Tokens { admin_hash, path, records: RwLock::new(records), writing: Mutex::new(()) }, admin))
     }
 
     /// Who holds `token`, if anyone.
@@ -188,13 +189,14 @@ impl Tokens {
         let id = random_hex(8)?;
         let token = format!("hr_{id}_{}", random_hex(32)?);
         let record = TokenRecord { id: id.clone(), kind, subject, account, hash: hex(&hash(&token)), created_at };
-        let mut records = self.records.write().expect("not poisoned");
-        let mut next = records.clone();
+        // One writer at a time; readers keep authenticating while the file syncs.
+        let _writing = self.writing.lock().expect("not poisoned");
+        let mut next = self.records.read().expect("not poisoned").clone();
         next.insert(id, record.clone());
         let list: Vec<&TokenRecord> = next.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).map_err(|error| error.to_string())?;
         write_private(&self.path, &bytes)?;
-        *records = next;
+        *self.records.write().expect("not poisoned") = next;
         Ok((record, token))
     }
 }

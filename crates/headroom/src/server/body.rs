@@ -42,7 +42,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        if inner.is_data() && path != "." {
+        if inner.is_data() && path != "." && !path.is_empty() {
             ApiError::malformed(format!("{path}: {inner}")).on_field(path)
         } else {
             ApiError::malformed(format!("the body is not valid JSON: {inner}"))

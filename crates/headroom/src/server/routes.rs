@@ -588,9 +588,11 @@ async fn add_grant(
 #[serde(deny_unknown_fields)]
 struct LedgerQuery {
     /// The `next_cursor` of the previous page; absent for the first.
-    after: Option<u64>,
+    #[param(minimum = 0)]
+    after: Option<i64>,
     /// Entries per page, 1 to 1,000 (default 100).
-    limit: Option<u64>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
 }
 
 /// An account's ledger: balance updates in order, each linked to the
@@ -609,14 +611,11 @@ async fn ledger(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let account = account_path(&id)?;
-    let limit = bounded(
-        "limit",
-        i64::try_from(query.limit.unwrap_or(100)).unwrap_or(i64::MAX),
-        1..=headroom_store::ledger::LEDGER_PAGE_ENTRIES_MAX as u64,
-    )?;
+    let limit =
+        bounded("limit", query.limit.unwrap_or(100), 1..=headroom_store::ledger::LEDGER_PAGE_ENTRIES_MAX as u64)?;
     read_account(&state, account.clone()).await?;
     let directory = state.data_dir.clone();
-    let after = query.after.unwrap_or(0);
+    let after = bounded("after", query.after.unwrap_or(0), 0..=i64::MAX as u64)?;
     let page =
         tokio::task::spawn_blocking(move || headroom_store::ledger::read(&directory, &account, after, limit as usize))
             .await
