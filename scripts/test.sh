@@ -36,7 +36,7 @@ cargo test --workspace --locked
 
 step "API fuzzing: schemathesis against the real server, driven by its OpenAPI document"
 cargo build --locked --quiet -p headroom
-scripts/fuzz-api.sh target/debug/headroom
+scripts/fuzz-api.sh "${CARGO_TARGET_DIR:-target}/debug/headroom"
 
 step "simulation: 1,000,000 operations, random seed (printed first)"
 cargo run --release --locked --quiet -p headroom -- simulate --ops 1000000
