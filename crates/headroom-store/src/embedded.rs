@@ -45,11 +45,20 @@ pub struct StoreConfig {
     /// Group commit; off makes every command its own frame and sync, the
     /// baseline that shows what group commit buys.
     pub group_commit: bool,
+    /// When [`REQUEST_QUEUE_DEPTH`] requests wait: refuse more at once
+    /// (`Unavailable`) instead of blocking the caller. For callers that must
+    /// not block, such as async servers.
+    pub refuse_when_busy: bool,
 }
 
 impl StoreConfig {
     pub fn new(data_directory: impl Into<PathBuf>) -> StoreConfig {
-        StoreConfig { data_directory: data_directory.into(), snapshot_every_commands: 1_000_000, group_commit: true }
+        StoreConfig {
+            data_directory: data_directory.into(),
+            snapshot_every_commands: 1_000_000,
+            group_commit: true,
+            refuse_when_busy: false,
+        }
     }
 }
 
@@ -124,6 +133,7 @@ impl CommitStats {
 
 pub struct EmbeddedStore {
     commit_stats: Arc<CommitStats>,
+    refuse_when_busy: bool,
     /// Held while open: one writer per data directory.
     lock: Mutex<Option<std::fs::File>>,
     requests: Mutex<Option<SyncSender<Request>>>,
@@ -226,6 +236,7 @@ impl EmbeddedStore {
         };
         Ok(EmbeddedStore {
             commit_stats,
+            refuse_when_busy: config.refuse_when_busy,
             lock: Mutex::new(Some(lock)),
             requests: Mutex::new(Some(request_sender)),
             failed,
@@ -292,13 +303,24 @@ impl EmbeddedStore {
         self.failed.load(Ordering::SeqCst)
     }
 
-    /// Hands a request to the engine thread; gives it back if the store is closed.
-    fn send(&self, request: Request) -> Result<(), Box<Request>> {
+    /// Hands a request to the engine thread; gives it back, with why, if
+    /// the store is closed (or busy, when it refuses then).
+    fn send(&self, request: Request) -> Result<(), (Box<Request>, StoreError)> {
+        let closed = || StoreError::Unavailable("the store is closed".to_string());
         let sender = self.requests.lock().expect("not poisoned").clone();
-        match sender {
-            Some(sender) => sender.send(request).map_err(|mpsc::SendError(request)| Box::new(request)),
-            None => Err(Box::new(request)),
+        let Some(sender) = sender else {
+            return Err((Box::new(request), closed()));
+        };
+        if !self.refuse_when_busy {
+            return sender.send(request).map_err(|mpsc::SendError(request)| (Box::new(request), closed()));
         }
+        sender.try_send(request).map_err(|error| match error {
+            mpsc::TrySendError::Full(request) => (
+                Box::new(request),
+                StoreError::Unavailable(format!("the store is busy ({REQUEST_QUEUE_DEPTH} requests wait); retry")),
+            ),
+            mpsc::TrySendError::Disconnected(request) => (Box::new(request), closed()),
+        })
     }
 }
 
@@ -310,10 +332,10 @@ impl Drop for EmbeddedStore {
 
 impl Store for EmbeddedStore {
     fn submit(&self, command: Command, reply: Reply) {
-        if let Err(request) = self.send(Request::Command(command, reply))
+        if let Err((request, error)) = self.send(Request::Command(command, reply))
             && let Request::Command(_, reply) = *request
         {
-            reply(Err(StoreError::Unavailable("the store is closed".to_string())));
+            reply(Err(error));
         }
     }
 
@@ -326,10 +348,10 @@ impl Store for EmbeddedStore {
             let value = engine.map(read);
             Box::new(move |durable| answer(durable.and(value)))
         });
-        if let Err(request) = self.send(Request::Query(query))
+        if let Err((request, error)) = self.send(Request::Query(query))
             && let Request::Query(query) = *request
         {
-            query(Err(StoreError::Unavailable("the store is closed".to_string())))(Ok(()));
+            query(Err(error))(Ok(()));
         }
     }
 }

@@ -23,6 +23,11 @@ enum Action {
     /// Run the HTTP API over an embedded data directory. With no arguments:
     /// 127.0.0.1:8080, ./headroom-data, the demo catalog, and on first start
     /// a demo account `demo` (plan plus, 25 credits) with subject `demo-user`.
+    ///
+    /// The admin token comes from the environment variable
+    /// HEADROOM_ADMIN_TOKEN (16 characters or more; never a flag, flags show in
+    /// `ps`). When it is unset, one is made on the first start, printed once,
+    /// and only its hash is kept in <data-dir>/admin.token.
     Serve {
         /// Address and port to listen on (port 0: any free port, printed at start).
         #[arg(long, env = "HEADROOM_LISTEN", default_value = "127.0.0.1:8080")]
@@ -41,11 +46,6 @@ enum Action {
         /// Do not create the demo account on first start.
         #[arg(long, env = "HEADROOM_NO_DEMO")]
         no_demo: bool,
-        /// The admin token (16 characters or more). When unset, one is made on
-        /// first start, printed once, and only its hash is kept in
-        /// <data-dir>/admin.token.
-        #[arg(long, env = "HEADROOM_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
     },
     /// Create an account or change its plan (admin).
     #[command(subcommand)]
@@ -102,15 +102,13 @@ enum Action {
     },
 }
 
-/// How the admin subcommands reach a running server.
+/// How the admin subcommands reach a running server. The bearer token (the
+/// admin token for admin commands) comes from HEADROOM_TOKEN.
 #[derive(Args)]
 struct ClientArguments {
     /// The server's base URL.
     #[arg(long, env = "HEADROOM_URL", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// A bearer token: the admin token for admin commands.
-    #[arg(long, env = "HEADROOM_TOKEN", hide_env_values = true)]
-    token: Option<String>,
     /// Print the server's JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -118,7 +116,9 @@ struct ClientArguments {
 
 impl ClientArguments {
     fn client(self) -> Client {
-        Client { server: self.server, token: self.token, json: self.json }
+        // The bearer token comes from HEADROOM_TOKEN only: flags show in `ps`.
+        let token = std::env::var("HEADROOM_TOKEN").ok().filter(|token| !token.is_empty());
+        Client { server: self.server, token, json: self.json }
     }
 }
 
@@ -218,7 +218,8 @@ fn print_call(result: Result<String, ClientError>) -> ExitCode {
 
 fn main() -> ExitCode {
     match Command::parse().action {
-        Action::Serve { listen, data_dir, catalog, log_format, no_demo, admin_token } => {
+        Action::Serve { listen, data_dir, catalog, log_format, no_demo } => {
+            let admin_token = std::env::var("HEADROOM_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
             let config = ServeConfig { listen, data_dir, catalog, log_format, demo: !no_demo, admin_token };
             match server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,

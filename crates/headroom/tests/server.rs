@@ -202,6 +202,9 @@ fn every_error_has_one_shape_and_its_status() {
     let unknown_field =
         post(br#"{"subject":"demo-user","feature":"codex.local_task","quantity":1,"idempotency_key":"k","colour":1}"#);
     unknown_field.expect(400, Some("malformed_request"));
+    let fraction =
+        post(br#"{"subject":"demo-user","feature":"codex.local_task","quantity":1.5,"idempotency_key":"k"}"#);
+    assert_eq!(fraction.expect(400, Some("malformed_request")).body["error"]["field"], "quantity");
 
     server
         .call("POST", "/v1/decisions", None, Some(decision("demo-user", "codex.local_task", 1, "k")))
@@ -235,6 +238,10 @@ fn every_error_has_one_shape_and_its_status() {
         (decision("demo-user", "codex.local_task", 0, "k"), "quantity"),
         (decision("demo-user", "codex.local_task", -3, "k"), "quantity"),
         (decision("demo-user", "codex.local_task", 1_000_000_001, "k"), "quantity"),
+        (
+            json!({ "subject": "demo-user", "feature": "codex.local_task", "quantity": u64::MAX, "idempotency_key": "k" }),
+            "quantity",
+        ),
         (decision("demo-user", "codex.teleport", 1, "k"), "feature"),
         (decision("demo user", "codex.local_task", 1, "k"), "subject"),
         (json!({ "subject": "demo-user", "feature": "codex.local_task", "quantity": 1 }), "idempotency_key"),
@@ -310,13 +317,22 @@ fn tokens_only_do_what_their_kind_allows() {
     let grant = json!({ "kind": "purchase", "credits": 5, "idempotency_key": "free-money" });
     server.call("POST", "/v1/accounts/acme/grants", Some(&service), Some(grant)).expect(403, Some("forbidden"));
 
-    // A service token limited to acme decides for acme's subjects only.
+    // A service token limited to acme decides for acme's subjects only; a
+    // subject of another account is as unknown to it as one that is not.
     server
         .call("POST", "/v1/decisions", Some(&acme_service), Some(decision("ann", "codex.local_task", 1, "a1")))
         .expect(200, None);
     server
         .call("POST", "/v1/decisions", Some(&acme_service), Some(decision("demo-user", "codex.local_task", 1, "a2")))
-        .expect(403, Some("forbidden"));
+        .expect(404, Some("unknown_subject"));
+    let batch = json!({ "decisions": [
+        decision("ann", "codex.local_task", 1, "a3"),
+        decision("demo-user", "codex.local_task", 1, "a4"),
+    ]});
+    let results = server.call("POST", "/v1/decisions/batch", Some(&acme_service), Some(batch)).expect(200, None);
+    let statuses: Vec<u64> =
+        results.body["results"].as_array().unwrap().iter().map(|result| result["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 404]);
     let reserve =
         json!({ "subject": "demo-user", "feature": "codex.local_task", "quantity": 2, "idempotency_key": "r" });
     let reserved = server.admin("POST", "/v1/reservations", Some(reserve)).expect(200, None);
@@ -329,7 +345,7 @@ fn tokens_only_do_what_their_kind_allows() {
             Some(json!({ "idempotency_key": "x" })),
         )
         .expect(403, Some("forbidden"));
-    server.call("GET", "/v1/subjects/demo-user/usage", Some(&acme_service), None).expect(403, Some("forbidden"));
+    server.call("GET", "/v1/subjects/demo-user/usage", Some(&acme_service), None).expect(404, Some("unknown_subject"));
 
     // A subject token reads its own usage and nothing else.
     let own = server.call("GET", "/v1/subjects/demo-user/usage", Some(&demo_subject), None).expect(200, None);
@@ -363,9 +379,18 @@ fn a_generated_admin_token_is_shown_once_and_stored_hashed() {
     drop(server);
 
     let server = Server::start_with(Process::new(binary()), &directory.data(), None);
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(server.stdout.lock().unwrap().iter().all(|line| !line.starts_with("hr_admin_")), "shown once");
     server.call("GET", "/v1/accounts/demo", Some(&token), None).expect(200, None);
+    assert!(server.stdout.lock().unwrap().iter().all(|line| !line.starts_with("hr_admin_")), "shown once");
+    drop(server);
+
+    // A token given in the environment replaces the stored one for good:
+    // the generated token does not come back when the variable is unset.
+    let server = Server::start(&directory.data());
+    server.call("GET", "/v1/accounts/demo", Some(&token), None).expect(401, Some("unauthorized"));
+    drop(server);
+    let server = Server::start_with(Process::new(binary()), &directory.data(), None);
+    server.call("GET", "/v1/accounts/demo", Some(&token), None).expect(401, Some("unauthorized"));
+    server.call("GET", "/v1/accounts/demo", Some(ADMIN), None).expect(200, None);
 }
 
 #[test]

@@ -26,7 +26,9 @@ pub struct DecisionBody {
     pub feature: String,
     /// Units wanted, 1 to 1,000,000,000.
     #[schema(minimum = 1, maximum = 1_000_000_000, example = 1)]
-    pub quantity: i64,
+    #[serde(deserialize_with = "integer")]
+    #[schema(value_type = i64)]
+    pub quantity: i128,
     /// Request attributes that may set the price (`{"model": "gpt-5-codex"}`), at most 16.
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, String>>,
@@ -55,7 +57,9 @@ pub struct ReservationBody {
     pub feature: String,
     /// The estimate, 1 to 1,000,000,000 units.
     #[schema(minimum = 1, maximum = 1_000_000_000, example = 10)]
-    pub quantity: i64,
+    #[serde(deserialize_with = "integer")]
+    #[schema(value_type = i64)]
+    pub quantity: i128,
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, String>>,
     pub idempotency_key: String,
@@ -63,7 +67,9 @@ pub struct ReservationBody {
     /// (default 900, at most 86,400).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 86_400)]
-    pub lifetime_s: Option<i64>,
+    #[serde(deserialize_with = "optional_integer")]
+    #[schema(value_type = Option<i64>)]
+    pub lifetime_s: Option<i128>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -71,7 +77,9 @@ pub struct ReservationBody {
 pub struct CaptureBody {
     /// The actual quantity, 0 to 1,000,000,000: less or more than the estimate.
     #[schema(minimum = 0, maximum = 1_000_000_000, example = 8)]
-    pub quantity: i64,
+    #[serde(deserialize_with = "integer")]
+    #[schema(value_type = i64)]
+    pub quantity: i128,
     pub idempotency_key: String,
 }
 
@@ -89,7 +97,9 @@ pub struct AccountBody {
     /// Micro-credits the account may spend below zero; absent: the plan's.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub overdraft: Option<i64>,
+    #[serde(deserialize_with = "optional_integer")]
+    #[schema(value_type = Option<i64>)]
+    pub overdraft: Option<i128>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -109,11 +119,15 @@ pub struct GrantBody {
     pub kind: String,
     /// Micro-credits granted, more than 0.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 10_000_000)]
-    pub credits: i64,
+    #[serde(deserialize_with = "integer")]
+    #[schema(value_type = i64)]
+    pub credits: i128,
     /// Lower is spent first, within a kind (default 0).
     #[serde(default)]
     #[schema(minimum = 0, maximum = 4_294_967_295_i64)]
-    pub priority: Option<i64>,
+    #[serde(deserialize_with = "optional_integer")]
+    #[schema(value_type = Option<i64>)]
+    pub priority: Option<i128>,
     /// RFC 3339; absent: the catalog's default expiry from now.
     #[serde(default)]
     pub expires_at: Option<String>,
@@ -367,12 +381,37 @@ pub struct Status {
 
 // ----- From requests to the core -----
 
+/// An integer of any size JSON writes (a number past a bound is a 422 that
+/// names it, not a parse error); fractions are refused.
+fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
+    struct Integer;
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = i128;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("an integer")
+        }
+        fn visit_i64<E>(self, value: i64) -> Result<i128, E> {
+            Ok(i128::from(value))
+        }
+        fn visit_u64<E>(self, value: u64) -> Result<i128, E> {
+            Ok(i128::from(value))
+        }
+    }
+    deserializer.deserialize_any(Integer)
+}
+
+fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i128>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "integer")] i128);
+    Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|Wrapped(value)| value))
+}
+
 pub fn id<T>(field: &str, text: &str, parse: fn(&str) -> Result<T, IdError>) -> Result<T, ApiError> {
     parse(text).map_err(|error| ApiError::invalid(field, error))
 }
 
 /// An integer field within `range`, named in the error.
-pub fn bounded(field: &str, value: i64, range: std::ops::RangeInclusive<u64>) -> Result<u64, ApiError> {
+pub fn bounded(field: &str, value: i128, range: std::ops::RangeInclusive<u64>) -> Result<u64, ApiError> {
     match u64::try_from(value) {
         Ok(value) if range.contains(&value) => Ok(value),
         _ => {

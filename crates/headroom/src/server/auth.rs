@@ -128,7 +128,15 @@ impl Tokens {
             Some(token) if token.len() < 16 => {
                 return Err("HEADROOM_ADMIN_TOKEN must be at least 16 characters long".to_string());
             }
-            Some(token) => (hash(token), AdminToken::FromEnvironment),
+            Some(token) => {
+                // Stored too, so that an older generated token cannot come
+                // back to life when the variable is unset later.
+                let stored = std::fs::read_to_string(&admin_path).ok().and_then(|text| parse_hash(text.trim()));
+                if stored != Some(hash(token)) {
+                    write_private(&admin_path, format!("{}\n", hex(&hash(token))).as_bytes())?;
+                }
+                (hash(token), AdminToken::FromEnvironment)
+            }
             None => match std::fs::read_to_string(&admin_path) {
                 Ok(stored) => (
                     parse_hash(stored.trim())

@@ -58,7 +58,13 @@ struct Histogram {
 }
 
 impl Metrics {
-    pub fn decision(&self, decision: &Decision, micros: u64) {
+    /// A decision answered; a replay counts in the latency only, its
+    /// decision was counted when it was made.
+    pub fn decision(&self, decision: &Decision, replayed: bool, micros: u64) {
+        self.latency.observe(micros);
+        if replayed {
+            return;
+        }
         let reason = REASONS.iter().position(|reason| *reason == decision.reason).expect("every reason is listed");
         self.decisions_by_reason[reason].fetch_add(1, Ordering::Relaxed);
         for used in &decision.sources {
@@ -71,7 +77,6 @@ impl Metrics {
             let index = SOURCE_KINDS.iter().position(|known| *known == kind).expect("every source kind is listed");
             self.decisions_by_source[index].fetch_add(1, Ordering::Relaxed);
         }
-        self.latency.observe(micros);
     }
 
     pub fn decision_error(&self, micros: u64) {

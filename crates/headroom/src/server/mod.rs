@@ -12,6 +12,7 @@ pub mod error;
 pub mod metrics;
 pub mod routes;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,9 @@ use headroom_store::{Command, EmbeddedStore, Response, Store, StoreConfig, Store
 
 use auth::{AdminToken, Tokens};
 use metrics::Metrics;
+
+/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// How often idle accounts are moved to now, which expires their
 /// reservations and grants (an active account does so on every request).
@@ -41,6 +45,7 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Create the demo account on first start.
     pub demo: bool,
+    /// From `HEADROOM_ADMIN_TOKEN` (never a flag: flags show in `ps`).
     pub admin_token: Option<String>,
 }
 
@@ -94,16 +99,24 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         }
         None => Catalog::demo(),
     };
-    let store = EmbeddedStore::open(StoreConfig::new(&config.data_dir), Arc::new(catalog), Arc::new(SystemClock))
+    let store_config = StoreConfig { refuse_when_busy: true, ..StoreConfig::new(&config.data_dir) };
+    let store = EmbeddedStore::open(store_config, Arc::new(catalog), Arc::new(SystemClock))
         .map_err(|error| error.to_string())?;
     let store = Arc::new(store);
     let (tokens, admin) = Tokens::open(&config.data_dir, config.admin_token.as_deref())?;
     if let AdminToken::Generated(token) = &admin {
-        println!(
-            "admin token (shown once; only its hash is kept in {}):",
-            config.data_dir.join(auth::ADMIN_TOKEN_FILE).display()
-        );
-        println!("{token}");
+        let path = config.data_dir.join(auth::ADMIN_TOKEN_FILE);
+        let shown = writeln!(
+            std::io::stdout(),
+            "admin token (shown once; only its hash is kept in {}):\n{token}",
+            path.display()
+        )
+        .and_then(|()| std::io::stdout().flush());
+        if let Err(error) = shown {
+            // Nobody saw it: forget it, so that the next start makes another.
+            let _ = std::fs::remove_file(&path);
+            return Err(format!("cannot show the new admin token on standard output: {error}"));
+        }
     }
     if config.demo {
         create_demo(&store)?;
@@ -129,9 +142,29 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         println!("headroom listening on http://{address}");
         let advance = tokio::spawn(advance_periodically(state.clone()));
         let app = routes::router(state.clone());
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+        let (stopping, stopped) = tokio::sync::oneshot::channel();
+        let signalled = async move {
+            shutdown_signal().await;
+            let _ = stopping.send(());
+        };
+        let server = axum::serve(listener, app).with_graceful_shutdown(signalled).into_future();
+        // In-flight requests get a grace period, not forever: a client that
+        // never finishes its body must not keep the process alive.
+        let deadline = async move {
+            match stopped.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let served = tokio::select! {
+            served = server => served.map_err(|error| format!("the server failed: {error}")),
+            () = deadline => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight after the grace period; stopping");
+                Ok(())
+            }
+        };
         advance.abort();
-        served.map_err(|error| format!("the server failed: {error}"))
+        served
     });
     // In-flight requests are answered; now settle what was decided and sync.
     tracing::info!("stopping: closing the store");
@@ -153,10 +186,21 @@ fn init_logging(format: LogFormat) {
 }
 
 /// On the first start (no accounts), the demo account with one subject and
-/// some purchased credits. Safe to run again: every step is idempotent.
+/// some purchased credits. A first start that stopped between the steps (a
+/// crash) is completed on the next start: every step is idempotent.
 fn create_demo(store: &EmbeddedStore) -> Result<(), String> {
-    let empty = store.query(|engine| engine.accounts().next().is_none()).map_err(|error| error.to_string())?;
-    if !empty {
+    let (accounts, demo_done) = store
+        .query(|engine| {
+            let demo = engine.account(&AccountId::new(DEMO_ACCOUNT).expect("a valid id"));
+            let done = demo.is_some_and(|account| {
+                account.subjects().any(|subject| subject.as_str() == DEMO_SUBJECT)
+                    && account.wallet().grant_index(&GrantId::new("demo-credits").expect("a valid id")).is_some()
+            });
+            (engine.accounts().count(), done)
+        })
+        .map_err(|error| error.to_string())?;
+    let halfway = accounts == 1 && !demo_done;
+    if !(accounts == 0 || halfway) {
         return Ok(());
     }
     let account = AccountId::new(DEMO_ACCOUNT).expect("a valid id");
@@ -185,7 +229,10 @@ fn create_demo(store: &EmbeddedStore) -> Result<(), String> {
     ];
     for command in commands {
         match store.execute(command) {
-            Ok(_) | Err(StoreError::Refused(headroom_store::Refusal::Core(CoreError::AccountExists(_)))) => {}
+            Ok(_)
+            | Err(StoreError::Refused(headroom_store::Refusal::Core(
+                CoreError::AccountExists(_) | CoreError::GrantExists(_),
+            ))) => {}
             Err(error) => return Err(format!("creating the demo account failed: {error}")),
         }
     }

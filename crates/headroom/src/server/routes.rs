@@ -194,23 +194,41 @@ fn rate_limit_headers(headers: &mut HeaderMap, view: &DecisionView) {
     }
 }
 
-/// For a token limited to one account: the subjects must belong to it.
-async fn check_subjects(state: &AppState, principal: &Principal, subjects: Vec<SubjectId>) -> Result<(), ApiError> {
+/// For a token limited to one account, whether each subject is one of its
+/// account's. Subjects never move between accounts, so the answer holds for
+/// the command that follows. A subject outside is answered as unknown
+/// (404), as an unknown one is: the token learns nothing of other accounts.
+async fn within_scope(
+    state: &AppState,
+    principal: &Principal,
+    subjects: Vec<SubjectId>,
+) -> Result<Vec<bool>, ApiError> {
     let Some(scope) = principal.account_scope().cloned() else {
-        return Ok(());
+        return Ok(vec![true; subjects.len()]);
     };
-    let outside = state
+    let within = state
         .read(move |engine| {
-            subjects.into_iter().any(|subject| engine.account_of(&subject).is_ok_and(|account| *account != scope))
+            subjects.iter().map(|subject| engine.account_of(subject).is_ok_and(|account| *account == scope)).collect()
         })
         .await?;
-    if outside { Err(ApiError::forbidden("this token may not act for that subject's account")) } else { Ok(()) }
+    Ok(within)
+}
+
+fn unknown_subject(subject: &SubjectId) -> ApiError {
+    ApiError::from(CoreError::UnknownSubject(subject.clone()))
+}
+
+async fn check_subject(state: &AppState, principal: &Principal, subject: &SubjectId) -> Result<(), ApiError> {
+    match within_scope(state, principal, vec![subject.clone()]).await?[..] {
+        [true] => Ok(()),
+        _ => Err(unknown_subject(subject)),
+    }
 }
 
 async fn run_decision(state: &AppState, command: Command, stopwatch: Stopwatch) -> Result<Response, ApiError> {
     match state.execute(command).await {
         Ok(StoreResponse::Decision(outcome)) => {
-            state.metrics.decision(&outcome.result, stopwatch.micros());
+            state.metrics.decision(&outcome.result, outcome.replayed, stopwatch.micros());
             Ok(decision_response(&outcome.result, outcome.replayed))
         }
         Ok(other) => Err(unexpected(other)),
@@ -247,7 +265,7 @@ async fn decide(
     let stopwatch = Stopwatch::start();
     principal.require_decider()?;
     let request = body.request()?;
-    check_subjects(&state, &principal, vec![request.subject.clone()]).await?;
+    check_subject(&state, &principal, &request.subject).await?;
     run_decision(&state, Command::Decide(request), stopwatch).await
 }
 
@@ -286,7 +304,14 @@ async fn decide_batch(
         .collect();
     let subjects =
         requests.iter().filter_map(|request| request.as_ref().ok().map(|request| request.subject.clone())).collect();
-    check_subjects(&state, &principal, subjects).await?;
+    let mut within = within_scope(&state, &principal, subjects).await?.into_iter();
+    let requests: Vec<Result<DecisionRequest, ApiError>> = requests
+        .into_iter()
+        .map(|request| match request {
+            Ok(request) if within.next() == Some(false) => Err(unknown_subject(&request.subject)),
+            other => other,
+        })
+        .collect();
     // Submit all, then wait for all: they join the same group commits.
     let pending: Vec<_> = requests
         .into_iter()
@@ -305,7 +330,7 @@ async fn decide_batch(
             Ok(receiver) => {
                 match receiver.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string()))) {
                     Ok(StoreResponse::Decision(outcome)) => {
-                        state.metrics.decision(&outcome.result, stopwatch.micros());
+                        state.metrics.decision(&outcome.result, outcome.replayed, stopwatch.micros());
                         Ok(outcome)
                     }
                     Ok(other) => Err(unexpected(other)),
@@ -352,7 +377,12 @@ impl AppState {
 /// reservation is captured, released, or expires by itself.
 #[utoipa::path(
     post, path = "/v1/reservations", tag = "decisions", request_body = ReservationBody,
-    responses((status = 200, description = "The decision; when allowed, `reservation` names the hold", body = DecisionView), Errors),
+    responses((status = 200, description = "The decision; when allowed, `reservation` names the hold", body = DecisionView, headers(
+            ("Idempotent-Replayed" = String, description = "`true` when this is the original answer to a key used before"),
+            ("RateLimit-Policy" = String, description = "The tightest window: `\"<window>\";q=<limit>`"),
+            ("RateLimit" = String, description = "The tightest window: `\"<window>\";r=<remaining>;t=<seconds to reset>`"),
+            ("Retry-After" = String, description = "On a deny that waiting cures: seconds"),
+        )), Errors),
     security(("bearer" = []))
 )]
 async fn reserve(
@@ -363,7 +393,7 @@ async fn reserve(
     let stopwatch = Stopwatch::start();
     principal.require_decider()?;
     let request = body.request()?;
-    check_subjects(&state, &principal, vec![request.subject.clone()]).await?;
+    check_subject(&state, &principal, &request.subject).await?;
     run_decision(&state, Command::Reserve(request), stopwatch).await
 }
 
@@ -374,7 +404,12 @@ async fn reserve(
 #[utoipa::path(
     post, path = "/v1/reservations/{id}/capture", tag = "decisions", request_body = CaptureBody,
     params(("id" = String, Path, description = "The reservation's id, from the reserve answer")),
-    responses((status = 200, description = "The capture's decision", body = DecisionView), Errors),
+    responses((status = 200, description = "The capture's decision", body = DecisionView, headers(
+            ("Idempotent-Replayed" = String, description = "`true` when this is the original answer to a key used before"),
+            ("RateLimit-Policy" = String, description = "The tightest window: `\"<window>\";q=<limit>`"),
+            ("RateLimit" = String, description = "The tightest window: `\"<window>\";r=<remaining>;t=<seconds to reset>`"),
+            ("Retry-After" = String, description = "On a deny that waiting cures: seconds"),
+        )), Errors),
     security(("bearer" = []))
 )]
 async fn capture(
@@ -395,7 +430,9 @@ async fn capture(
 #[utoipa::path(
     post, path = "/v1/reservations/{id}/release", tag = "decisions", request_body = ReleaseBody,
     params(("id" = String, Path, description = "The reservation's id, from the reserve answer")),
-    responses((status = 200, description = "What returned", body = ReleasedView), Errors),
+    responses((status = 200, description = "What returned", body = ReleasedView, headers(
+            ("Idempotent-Replayed" = String, description = "`true` when this is the original answer to a key used before"),
+        )), Errors),
     security(("bearer" = []))
 )]
 async fn release(
@@ -456,7 +493,9 @@ async fn subject_usage(
             Ok((account, state.usage(engine.catalog(), &wanted, now)?))
         })
         .await??;
-    principal.may_act_for(&account)?;
+    if principal.account_scope().is_some_and(|scope| *scope != account) {
+        return Err(unknown_subject(&subject));
+    }
     Ok(json(StatusCode::OK, &usage_view(&subject, &account, &usage)))
 }
 
@@ -611,11 +650,14 @@ async fn ledger(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let account = account_path(&id)?;
-    let limit =
-        bounded("limit", query.limit.unwrap_or(100), 1..=headroom_store::ledger::LEDGER_PAGE_ENTRIES_MAX as u64)?;
+    let limit = bounded(
+        "limit",
+        i128::from(query.limit.unwrap_or(100)),
+        1..=headroom_store::ledger::LEDGER_PAGE_ENTRIES_MAX as u64,
+    )?;
     read_account(&state, account.clone()).await?;
     let directory = state.data_dir.clone();
-    let after = bounded("after", query.after.unwrap_or(0), 0..=i64::MAX as u64)?;
+    let after = bounded("after", i128::from(query.after.unwrap_or(0)), 0..=i64::MAX as u64)?;
     let page =
         tokio::task::spawn_blocking(move || headroom_store::ledger::read(&directory, &account, after, limit as usize))
             .await
@@ -710,7 +752,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics in the text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", body = String, content_type = "text/plain"), (status = 503, description = "Storage is unavailable", body = ErrorBody)))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let unsettled_updates = state.read(|engine| engine.accounts().map(AccountState::unsettled).sum::<u64>()).await?;
     let sizes = state.store.commit_sizes();
