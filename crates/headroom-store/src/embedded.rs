@@ -209,6 +209,7 @@ impl EmbeddedStore {
             std::thread::Builder::new()
                 .name("headroom-engine".to_string())
                 .spawn(move || {
+                    let _guard = FailOnPanic(failed.clone(), "engine");
                     engine_loop(
                         engine,
                         last_batch,
@@ -231,7 +232,10 @@ impl EmbeddedStore {
             let stats = commit_stats.clone();
             std::thread::Builder::new()
                 .name("headroom-writer".to_string())
-                .spawn(move || writer_loop(writer, directory, write_receiver, failed, durable, writer_idle, stats))
+                .spawn(move || {
+                    let _guard = FailOnPanic(failed.clone(), "writer");
+                    writer_loop(writer, directory, write_receiver, failed, durable, writer_idle, stats)
+                })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         Ok(EmbeddedStore {
@@ -299,6 +303,11 @@ impl EmbeddedStore {
         self.durable.get().saturating_sub(self.settlement.settled_batch.load(Ordering::SeqCst))
     }
 
+    /// The last log batch that is durable: everything acknowledged is at or before it.
+    pub fn durable_batch(&self) -> u64 {
+        self.durable.get()
+    }
+
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
     }
@@ -352,6 +361,19 @@ impl Store for EmbeddedStore {
             && let Request::Query(query) = *request
         {
             query(Err(error))(Ok(()));
+        }
+    }
+}
+
+/// Marks the store failed when its thread dies of a panic, so that
+/// readiness checks and later commands see it.
+struct FailOnPanic(Arc<AtomicBool>, &'static str);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+            eprintln!("headroom: the {} thread panicked; the store refuses further commands", self.1);
         }
     }
 }

@@ -36,14 +36,25 @@ pub struct LedgerPage {
     pub next: Option<u64>,
 }
 
-/// The entries of `account` with a sequence after `after`, at most `limit`.
-pub fn read(directory: &Path, account: &AccountId, after: u64, limit: usize) -> Result<LedgerPage, StoreError> {
+/// The entries of `account` with a sequence after `after`, at most `limit`,
+/// from the log's batches up to `through_batch`: a live store passes its
+/// durable batch, so that a page never shows what a crash could still undo.
+pub fn read(
+    directory: &Path,
+    account: &AccountId,
+    after: u64,
+    limit: usize,
+    through_batch: u64,
+) -> Result<LedgerPage, StoreError> {
     let limit = limit.clamp(1, LEDGER_PAGE_ENTRIES_MAX);
     // One more than the page, to know whether another page follows.
     let last_wanted = after.saturating_add(limit as u64 + 1);
     let mut entries: BTreeMap<u64, LedgerEntry> = BTreeMap::new();
     let mut by_id: BTreeMap<EventId, u64> = BTreeMap::new();
-    log::scan(directory, |_, _, commands| {
+    log::scan(directory, |batch, _, commands| {
+        if batch > through_batch {
+            return Ok(());
+        }
         for logged in commands {
             if let Command::Settle(update) = &logged.command
                 && &update.account == account

@@ -270,7 +270,7 @@ fn the_ledger_reads_in_pages_with_every_link() {
     let account = AccountId::new("acme").unwrap();
     let (mut after, mut entries) = (0, Vec::new());
     loop {
-        let page = ledger::read(&directory, &account, after, 4).unwrap();
+        let page = ledger::read(&directory, &account, after, 4, u64::MAX).unwrap();
         assert!(page.entries.len() <= 4);
         entries.extend(page.entries);
         match page.next {

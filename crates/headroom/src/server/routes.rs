@@ -657,14 +657,16 @@ async fn ledger(
     )?;
     read_account(&state, account.clone()).await?;
     let directory = state.data_dir.clone();
+    let durable = state.store.durable_batch();
     let after = bounded("after", i128::from(query.after.unwrap_or(0)), 0..=i64::MAX as u64)?;
-    let page =
-        tokio::task::spawn_blocking(move || headroom_store::ledger::read(&directory, &account, after, limit as usize))
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "reading the ledger panicked");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-            })??;
+    let page = tokio::task::spawn_blocking(move || {
+        headroom_store::ledger::read(&directory, &account, after, limit as usize, durable)
+    })
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "reading the ledger panicked");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    })??;
     Ok(json(StatusCode::OK, &ledger_view(&page)))
 }
 
