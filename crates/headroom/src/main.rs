@@ -47,6 +47,33 @@ enum Action {
         #[arg(long, env = "HEADROOM_NO_DEMO")]
         no_demo: bool,
     },
+    /// Load a server over HTTP/1.1 keep-alive connections, closed loop, and
+    /// report throughput, latency percentiles, errors and the server's CPU
+    /// time per decision. Starts its own server on a fresh data directory
+    /// unless --server is given (with the admin token in HEADROOM_TOKEN).
+    Bench {
+        /// A running server's base URL; default: start one.
+        #[arg(long)]
+        server: Option<String>,
+        /// Concurrent connections, each sending its next request when the last is answered.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// How long to load, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Which subjects the requests are for.
+        #[arg(long, value_enum, default_value = "hot")]
+        distribution: headroom::bench::Distribution,
+        /// How many subjects (100 per account).
+        #[arg(long, default_value_t = 1_000)]
+        subjects: u64,
+        /// Decisions per call: 1 uses /v1/decisions, more the batch route.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create an account or change its plan (admin).
     #[command(subcommand)]
     Accounts(AccountsAction),
@@ -241,6 +268,34 @@ fn main() -> ExitCode {
             print_call(client.client().add_grant(&account, &grant))
         }
         Action::Usage { subject, client } => print_call(client.client().usage(&subject)),
+        Action::Bench { server, connections, seconds, distribution, subjects, batch, json } => {
+            let token = std::env::var("HEADROOM_TOKEN").ok().filter(|token| !token.is_empty());
+            let duration = std::time::Duration::from_secs(seconds.max(1));
+            let config = headroom::bench::BenchConfig {
+                server,
+                token,
+                connections,
+                duration,
+                distribution,
+                subjects,
+                batch,
+                json,
+            };
+            match headroom::bench::run(config) {
+                Ok(report) if json => {
+                    println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{}", report.table());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("headroom: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Action::Tokens(TokensAction::Create { kind, subject, account, client }) => {
             print_call(client.client().create_token(&kind, subject.as_deref(), account.as_deref()))
         }

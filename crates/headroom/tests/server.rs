@@ -585,3 +585,21 @@ fn the_admin_subcommands_print_tables_and_json() {
     assert_eq!(code, Some(1));
     assert!(err.contains("404") && err.contains("unknown subject"), "{err}");
 }
+
+#[test]
+fn the_bench_loads_its_own_server_and_reports() {
+    for (distribution, batch) in [("uniform", "1"), ("zipf", "10")] {
+        let output = Process::new(binary())
+            .args(["bench", "--seconds", "1", "--connections", "4", "--subjects", "150", "--json"])
+            .args(["--distribution", distribution, "--batch", batch])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["errors"], 0, "{report}");
+        assert!(report["decisions"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["decisions"].as_u64().unwrap() % batch.parse::<u64>().unwrap(), 0);
+        assert!(report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap());
+        assert!(report["server_cpu_us_per_decision"].as_f64().unwrap() > 0.0, "{report}");
+    }
+}

@@ -19,6 +19,10 @@ impl Stopwatch {
         Stopwatch(std::time::Instant::now())
     }
 
+    pub fn nanos(self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     pub fn micros(self) -> u64 {
         u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
     }

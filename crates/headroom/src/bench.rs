@@ -1,0 +1,469 @@
+//! `headroom bench`: drives a Headroom server over HTTP/1.1 keep-alive
+//! connections, closed loop (each connection sends its next request when the
+//! answer to the last one arrives), and reports throughput, latency
+//! percentiles, errors and the server's CPU time per decision.
+//!
+//! It speaks HTTP/1.1 itself over tokio's TCP streams: one request, one
+//! answer with a `Content-Length`, which is what the server sends. A client
+//! library would cost more CPU than the framing does, and the client shares
+//! the cores with the server.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::random::Random;
+use crate::server::metrics::Stopwatch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// Every request for one subject (one account): the hottest case.
+    Hot,
+    /// Subjects drawn uniformly.
+    Uniform,
+    /// Subjects drawn by a Zipf law (s = 1): a few very busy, a long tail.
+    Zipf,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// A running server; `None`: start this binary's server on a fresh data directory.
+    pub server: Option<String>,
+    /// The admin token of `server` (it creates the bench's accounts).
+    pub token: Option<String>,
+    pub connections: usize,
+    pub duration: std::time::Duration,
+    pub distribution: Distribution,
+    pub subjects: u64,
+    /// Decisions per call: 1 uses `/v1/decisions`, more the batch route.
+    pub batch: usize,
+    pub json: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub route: &'static str,
+    pub distribution: Distribution,
+    pub connections: usize,
+    pub subjects: u64,
+    pub batch: usize,
+    pub seconds: f64,
+    pub calls: u64,
+    pub decisions: u64,
+    pub decisions_per_second: f64,
+    pub errors: u64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_p999_ms: f64,
+    pub latency_max_ms: f64,
+    /// User and system CPU of the server process per decision, when the
+    /// bench started the server itself.
+    pub server_cpu_us_per_decision: Option<f64>,
+}
+
+/// Subjects per account: a hot account would otherwise hold every key.
+const SUBJECTS_PER_ACCOUNT: u64 = 100;
+
+pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
+    if config.connections == 0 || config.subjects == 0 || config.batch == 0 {
+        return Err("--connections, --subjects and --batch must be at least 1".to_string());
+    }
+    if config.batch > headroom_core::limits::BATCH_DECISIONS_MAX {
+        return Err(format!("--batch is at most {}", headroom_core::limits::BATCH_DECISIONS_MAX));
+    }
+    let mut started = None;
+    let (url, token) = match (&config.server, &config.token) {
+        (Some(url), Some(token)) => (url.trim_end_matches('/').to_string(), token.clone()),
+        (Some(_), None) => return Err("--server needs the admin token in HEADROOM_TOKEN".to_string()),
+        (None, _) => {
+            let server = StartedServer::start()?;
+            let address = (server.url.clone(), server.token.clone());
+            started = Some(server);
+            address
+        }
+    };
+    let address = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// is supported"))?.to_string();
+    setup(&url, &token, config.subjects)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    let cpu_before = started.as_ref().map(StartedServer::cpu_seconds).transpose()?;
+    let (histogram, calls, errors, seconds) = runtime.block_on(drive(&config, &address, &token))?;
+    let cpu_after = started.as_ref().map(StartedServer::cpu_seconds).transpose()?;
+    let decisions = (calls - errors) * config.batch as u64;
+    let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1e6;
+    Ok(BenchReport {
+        route: if config.batch == 1 { "/v1/decisions" } else { "/v1/decisions/batch" },
+        distribution: config.distribution,
+        connections: config.connections,
+        subjects: config.subjects,
+        batch: config.batch,
+        seconds,
+        calls,
+        decisions,
+        decisions_per_second: decisions as f64 / seconds,
+        errors,
+        latency_p50_ms: millis(0.5),
+        latency_p99_ms: millis(0.99),
+        latency_p999_ms: millis(0.999),
+        latency_max_ms: histogram.max() as f64 / 1e6,
+        server_cpu_us_per_decision: match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if decisions > 0 => Some((after - before) * 1e6 / decisions as f64),
+            _ => None,
+        },
+    })
+}
+
+impl BenchReport {
+    pub fn table(&self) -> String {
+        let cpu = self.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1} µs"));
+        format!(
+            "{route}, {distribution:?} over {subjects} subjects, {connections} connections, {seconds:.1} s{batch}\n\
+             \n\
+             throughput        {throughput:>12.0} decisions/s\n\
+             latency p50       {p50:>12.3} ms\n\
+             latency p99       {p99:>12.3} ms\n\
+             latency p99.9     {p999:>12.3} ms\n\
+             latency max       {max:>12.3} ms\n\
+             errors            {errors:>12}\n\
+             server CPU        {cpu:>12} per decision\n",
+            route = self.route,
+            distribution = self.distribution,
+            subjects = self.subjects,
+            connections = self.connections,
+            seconds = self.seconds,
+            batch = if self.batch > 1 { format!(", {} decisions per call", self.batch) } else { String::new() },
+            throughput = self.decisions_per_second,
+            p50 = self.latency_p50_ms,
+            p99 = self.latency_p99_ms,
+            p999 = self.latency_p999_ms,
+            max = self.latency_max_ms,
+            errors = self.errors,
+        )
+    }
+}
+
+fn subject_name(index: u64) -> String {
+    format!("bench-{index}")
+}
+
+/// Accounts on plan `enterprise`, with credits enough for any run, and the subjects.
+fn setup(url: &str, token: &str, subjects: u64) -> Result<(), String> {
+    let client = crate::client::Client { server: url.to_string(), token: Some(token.to_string()), json: true };
+    for account in 0..subjects.div_ceil(SUBJECTS_PER_ACCOUNT) {
+        let name = format!("bench-account-{account}");
+        client.put_account(&name, "enterprise", None).map_err(|error| error.to_string())?;
+        let grant = crate::client::GrantArguments {
+            kind: "purchase".to_string(),
+            credits: "1000000000".to_string(),
+            priority: None,
+            expires_at: None,
+            idempotency_key: format!("bench-credits-{account}"),
+        };
+        client.add_grant(&name, &grant).map_err(|error| error.to_string())?;
+    }
+    for subject in 0..subjects {
+        let account = format!("bench-account-{}", subject / SUBJECTS_PER_ACCOUNT);
+        client.put_subject(&subject_name(subject), &account, None).map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// Draws subjects by the configured distribution.
+struct Subjects {
+    distribution: Distribution,
+    count: u64,
+    /// Zipf: the cumulative weights, scaled to `u64`.
+    cumulative: Arc<Vec<u64>>,
+}
+
+impl Subjects {
+    fn new(distribution: Distribution, count: u64) -> Subjects {
+        let cumulative = if distribution == Distribution::Zipf {
+            let total: f64 = (1..=count).map(|rank| 1.0 / rank as f64).sum();
+            let mut sum = 0.0;
+            (1..=count)
+                .map(|rank| {
+                    sum += 1.0 / rank as f64;
+                    ((sum / total) * u64::MAX as f64) as u64
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Subjects { distribution, count, cumulative: Arc::new(cumulative) }
+    }
+
+    fn draw(&self, random: &mut Random) -> u64 {
+        match self.distribution {
+            Distribution::Hot => 0,
+            Distribution::Uniform => random.below(self.count),
+            Distribution::Zipf => {
+                let point = random.next_u64();
+                (self.cumulative.partition_point(|weight| *weight < point) as u64).min(self.count - 1)
+            }
+        }
+    }
+
+    fn share(&self) -> Subjects {
+        Subjects { distribution: self.distribution, count: self.count, cumulative: self.cumulative.clone() }
+    }
+}
+
+async fn drive(config: &BenchConfig, address: &str, token: &str) -> Result<(Histogram<u64>, u64, u64, f64), String> {
+    let subjects = Subjects::new(config.distribution, config.subjects);
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let run = Stopwatch::start();
+    let mut tasks = Vec::new();
+    for connection in 0..config.connections {
+        let stream =
+            TcpStream::connect(address).await.map_err(|error| format!("cannot connect to {address}: {error}"))?;
+        stream.set_nodelay(true).map_err(|error| error.to_string())?;
+        let worker = Worker {
+            stream,
+            connection,
+            token: token.to_string(),
+            batch: config.batch,
+            subjects: subjects.share(),
+            random: Random::new(0x6865_6164_726f_6f6d ^ connection as u64),
+            stop: stop.clone(),
+            completed: completed.clone(),
+        };
+        tasks.push(tokio::spawn(worker.run()));
+    }
+    let progress = tokio::spawn(show_progress(config.duration, completed.clone(), config.batch, !config.json));
+    tokio::time::sleep(config.duration).await;
+    stop.store(true, Ordering::SeqCst);
+    progress.abort();
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    let (mut calls, mut errors) = (0, 0);
+    for task in tasks {
+        let (part, part_calls, part_errors) = task.await.map_err(|error| error.to_string())??;
+        histogram.add(part).map_err(|error| error.to_string())?;
+        calls += part_calls;
+        errors += part_errors;
+    }
+    Ok((histogram, calls, errors, run.nanos() as f64 / 1e9))
+}
+
+struct Worker {
+    stream: TcpStream,
+    connection: usize,
+    token: String,
+    batch: usize,
+    subjects: Subjects,
+    random: Random,
+    stop: Arc<AtomicBool>,
+    completed: Arc<AtomicU64>,
+}
+
+impl Worker {
+    async fn run(mut self) -> Result<(Histogram<u64>, u64, u64), String> {
+        let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+        let (mut calls, mut errors, mut sequence) = (0u64, 0u64, 0u64);
+        let mut request = Vec::with_capacity(4096);
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        while !self.stop.load(Ordering::Relaxed) {
+            request.clear();
+            let mut body = Vec::with_capacity(128 * self.batch);
+            if self.batch > 1 {
+                body.extend_from_slice(b"{\"decisions\":[");
+            }
+            for index in 0..self.batch {
+                if index > 0 {
+                    body.push(b',');
+                }
+                sequence += 1;
+                let subject = self.subjects.draw(&mut self.random);
+                let _ = write!(
+                    body,
+                    "{{\"subject\":\"{}\",\"feature\":\"codex.local_task\",\"quantity\":1,\"idempotency_key\":\"bench-{}-{}\"}}",
+                    subject_name(subject),
+                    self.connection,
+                    sequence
+                );
+            }
+            if self.batch > 1 {
+                body.extend_from_slice(b"]}");
+            }
+            let path = if self.batch > 1 { "/v1/decisions/batch" } else { "/v1/decisions" };
+            let _ = write!(
+                request,
+                "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                self.token,
+                body.len()
+            );
+            request.extend_from_slice(&body);
+            let sent = Stopwatch::start();
+            self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
+            let status = read_response(&mut self.stream, &mut buffer).await?;
+            histogram.record(sent.nanos().max(1)).map_err(|error| error.to_string())?;
+            calls += 1;
+            if status != 200 {
+                errors += 1;
+            }
+            self.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((histogram, calls, errors))
+    }
+}
+
+/// Reads one response (headers and a `Content-Length` body); its status.
+async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<u16, String> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head =
+                std::str::from_utf8(&buffer[..end]).map_err(|_| "a response head that is not text".to_string())?;
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .ok_or_else(|| format!("a response without a status: {head:?}"))?;
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+                })
+                .ok_or_else(|| "a response without Content-Length".to_string())?;
+            let total = end + 4 + length;
+            while buffer.len() < total {
+                let read = stream.read(&mut chunk).await.map_err(|error| format!("receiving: {error}"))?;
+                if read == 0 {
+                    return Err("the server closed the connection".to_string());
+                }
+                buffer.extend_from_slice(&chunk[..read]);
+            }
+            buffer.drain(..total);
+            return Ok(status);
+        }
+        let read = stream.read(&mut chunk).await.map_err(|error| format!("receiving: {error}"))?;
+        if read == 0 {
+            return Err("the server closed the connection".to_string());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// A progress bar on standard error, redrawn every second (on a terminal).
+async fn show_progress(duration: std::time::Duration, completed: Arc<AtomicU64>, batch: usize, enabled: bool) {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return;
+    }
+    let total = duration.as_secs().max(1);
+    let mut last = 0;
+    for second in 1..=total {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = completed.load(Ordering::Relaxed);
+        let filled = (second * 30 / total) as usize;
+        eprint!(
+            "\r[{}{}] {second}/{total} s  {:>9} decisions/s ",
+            "#".repeat(filled),
+            ".".repeat(30 - filled),
+            (now - last) * batch as u64
+        );
+        last = now;
+    }
+    eprintln!();
+}
+
+/// A server this bench started: fresh data directory, random admin token.
+struct StartedServer {
+    child: Child,
+    url: String,
+    token: String,
+    directory: PathBuf,
+}
+
+impl StartedServer {
+    fn start() -> Result<StartedServer, String> {
+        use std::io::BufRead;
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes).map_err(|error| error.to_string())?;
+        let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        let directory = std::env::temp_dir().join(format!("headroom-bench-{}-{}", std::process::id(), &token[..8]));
+        let executable = std::env::current_exe().map_err(|error| error.to_string())?;
+        let mut child = std::process::Command::new(executable)
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"])
+            .arg(&directory)
+            .env("HEADROOM_ADMIN_TOKEN", &token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| format!("cannot start the server: {error}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut url = None;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(address) = line.strip_prefix("headroom listening on ") {
+                url = Some(address.to_string());
+                break;
+            }
+        }
+        let server = StartedServer { child, url: url.unwrap_or_default(), token, directory };
+        if server.url.is_empty() {
+            return Err("the server stopped before listening".to_string());
+        }
+        Ok(server)
+    }
+
+    /// User and system CPU seconds of the server so far, from /proc.
+    fn cpu_seconds(&self) -> Result<f64, String> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok());
+        // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+        let (user, system) = ticks(11).zip(ticks(12)).ok_or_else(|| format!("{path}: unexpected format"))?;
+        Ok((user + system) / clock_ticks_per_second())
+    }
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+impl Drop for StartedServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_draws_favour_the_first_subjects_and_stay_in_range() {
+        let subjects = Subjects::new(Distribution::Zipf, 1_000);
+        let mut random = Random::new(1);
+        let mut counts = vec![0u64; 1_000];
+        for _ in 0..100_000 {
+            counts[subjects.draw(&mut random) as usize] += 1;
+        }
+        // With s = 1 over 1,000 subjects, the first holds about 13 % and the tenth about 1.3 %.
+        assert!((11_000..15_000).contains(&counts[0]), "{}", counts[0]);
+        assert!(counts[0] > 5 * counts[9] && counts[9] > counts[999]);
+    }
+}
