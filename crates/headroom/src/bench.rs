@@ -33,8 +33,20 @@ pub enum Distribution {
     Zipf,
 }
 
+/// What is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// `headroom serve`: every decision made and durable before its answer.
+    Headroom,
+    /// A bare HTTP endpoint that parses the same body and answers a fixed
+    /// decision of the same size: the ceiling HTTP and JSON allow here.
+    Bare,
+}
+
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    pub target: Target,
     /// A running server; `None`: start this binary's server on a fresh data directory.
     pub server: Option<String>,
     /// The admin token of `server` (it creates the bench's accounts).
@@ -51,6 +63,7 @@ pub struct BenchConfig {
 /// What one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    pub target: Target,
     pub route: &'static str,
     pub distribution: Distribution,
     pub connections: usize,
@@ -81,18 +94,23 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
         return Err(format!("--batch is at most {}", headroom_core::limits::BATCH_DECISIONS_MAX));
     }
     let mut started = None;
-    let (url, token) = match (&config.server, &config.token) {
-        (Some(url), Some(token)) => (url.trim_end_matches('/').to_string(), token.clone()),
-        (Some(_), None) => return Err("--server needs the admin token in HEADROOM_TOKEN".to_string()),
-        (None, _) => {
-            let server = StartedServer::start()?;
+    let (url, token) = match (config.target, &config.server, &config.token) {
+        (Target::Headroom, Some(url), Some(token)) => (url.trim_end_matches('/').to_string(), token.clone()),
+        (Target::Headroom, Some(_), None) => {
+            return Err("--server needs the admin token in HEADROOM_TOKEN".to_string());
+        }
+        (Target::Bare, Some(_), _) => return Err("the bare baseline is always started by the bench".to_string()),
+        (target, None, _) => {
+            let server = StartedServer::start(target)?;
             let address = (server.url.clone(), server.token.clone());
             started = Some(server);
             address
         }
     };
     let address = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// is supported"))?.to_string();
-    setup(&url, &token, config.subjects)?;
+    if config.target == Target::Headroom {
+        setup(&url, &token, config.subjects)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +121,7 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
     let decisions = (calls - errors) * config.batch as u64;
     let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1e6;
     Ok(BenchReport {
+        target: config.target,
         route: if config.batch == 1 { "/v1/decisions" } else { "/v1/decisions/batch" },
         distribution: config.distribution,
         connections: config.connections,
@@ -128,7 +147,7 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let cpu = self.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1} µs"));
         format!(
-            "{route}, {distribution:?} over {subjects} subjects, {connections} connections, {seconds:.1} s{batch}\n\
+            "{target:?}: {route}, {distribution:?} over {subjects} subjects, {connections} connections, {seconds:.1} s{batch}\n\
              \n\
              throughput        {throughput:>12.0} decisions/s\n\
              latency p50       {p50:>12.3} ms\n\
@@ -137,6 +156,7 @@ impl BenchReport {
              latency max       {max:>12.3} ms\n\
              errors            {errors:>12}\n\
              server CPU        {cpu:>12} per decision\n",
+            target = self.target,
             route = self.route,
             distribution = self.distribution,
             subjects = self.subjects,
@@ -151,6 +171,35 @@ impl BenchReport {
             errors = self.errors,
         )
     }
+}
+
+/// Headroom's throughput against one baseline's, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub baseline: Target,
+    /// Headroom's decisions per second over the baseline's.
+    pub throughput: f64,
+}
+
+impl Ratio {
+    pub fn line(&self) -> String {
+        format!("Headroom / {:?}: {:.2}x the throughput", self.baseline, self.throughput)
+    }
+}
+
+/// Ratios of the Headroom report to every baseline report.
+pub fn ratios(reports: &[BenchReport]) -> Vec<Ratio> {
+    let Some(headroom) = reports.iter().find(|report| report.target == Target::Headroom) else {
+        return Vec::new();
+    };
+    reports
+        .iter()
+        .filter(|report| report.target != Target::Headroom && report.decisions_per_second > 0.0)
+        .map(|report| Ratio {
+            baseline: report.target,
+            throughput: headroom.decisions_per_second / report.decisions_per_second,
+        })
+        .collect()
 }
 
 fn subject_name(index: u64) -> String {
@@ -389,16 +438,21 @@ struct StartedServer {
 }
 
 impl StartedServer {
-    fn start() -> Result<StartedServer, String> {
+    fn start(target: Target) -> Result<StartedServer, String> {
         use std::io::BufRead;
         let mut bytes = [0u8; 24];
         getrandom::fill(&mut bytes).map_err(|error| error.to_string())?;
         let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
         let directory = std::env::temp_dir().join(format!("headroom-bench-{}-{}", std::process::id(), &token[..8]));
         let executable = std::env::current_exe().map_err(|error| error.to_string())?;
-        let mut child = std::process::Command::new(executable)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"])
-            .arg(&directory)
+        let mut command = std::process::Command::new(executable);
+        match target {
+            Target::Headroom => {
+                command.args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"]).arg(&directory)
+            }
+            Target::Bare => command.args(["bench-bare-server", "--listen", "127.0.0.1:0"]),
+        };
+        let mut child = command
             .env("HEADROOM_ADMIN_TOKEN", &token)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -430,6 +484,46 @@ impl StartedServer {
         let (user, system) = ticks(11).zip(ticks(12)).ok_or_else(|| format!("{path}: unexpected format"))?;
         Ok((user + system) / clock_ticks_per_second())
     }
+}
+
+/// The bare baseline: parses the same bodies as `headroom serve` (into the
+/// same types) and answers a fixed decision of the same shape, deciding
+/// nothing and storing nothing.
+pub fn serve_bare(listen: std::net::SocketAddr) -> Result<(), String> {
+    use crate::server::api::{BatchBody, DecisionBody};
+    use axum::routing::post;
+    const ANSWER: &str = r#"{"decision_id":"5503ee8b395b5da7e7e0a084ebb49e52","kind":"decide","allowed":true,"reason":"covered_by_windows","subject":"bench-0","feature":"codex.local_task","quantity":1,"price":80000,"sources":[{"kind":"windows","units":1,"credits":0}],"credits_charged":0,"windows":[{"window":"codex-5h","scope":"subject","limit":300,"used":1,"remaining":299,"resets_at":"2026-11-25T11:56:53.815Z"},{"window":"codex-weekly","scope":"subject","limit":1500,"used":1,"remaining":1499,"resets_at":"2026-11-30T00:00:00.000Z"}],"balance":1000000000000000,"credits_short":0,"decided_at":"2026-11-25T06:56:53.815Z"}"#;
+    let json = |body: String| ([(axum::http::header::CONTENT_TYPE, "application/json")], body);
+    let app = axum::Router::new()
+        .route(
+            "/v1/decisions",
+            post(move |bytes: axum::body::Bytes| async move {
+                match crate::server::body::parse::<DecisionBody>(&bytes).and_then(DecisionBody::request) {
+                    Ok(_) => json(ANSWER.to_string()),
+                    Err(error) => json(serde_json::to_string(&error.body()).expect("errors serialize")),
+                }
+            }),
+        )
+        .route(
+            "/v1/decisions/batch",
+            post(move |bytes: axum::body::Bytes| async move {
+                let decisions = crate::server::body::parse::<BatchBody>(&bytes).map_or(0, |batch| {
+                    batch.decisions.into_iter().filter(|decision| decision.clone().request().is_ok()).count()
+                });
+                let item = format!(r#"{{"status":200,"replayed":false,"decision":{ANSWER}}}"#);
+                json(format!(r#"{{"results":[{}]}}"#, vec![item; decisions].join(",")))
+            }),
+        );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| format!("{listen}: {error}"))?;
+        let address = listener.local_addr().map_err(|error| error.to_string())?;
+        println!("headroom listening on http://{address}");
+        axum::serve(listener, app).await.map_err(|error| error.to_string())
+    })
 }
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).

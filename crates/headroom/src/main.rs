@@ -55,6 +55,11 @@ enum Action {
         /// A running server's base URL; default: start one.
         #[arg(long)]
         server: Option<String>,
+        /// What to load, one after the other with the same workload:
+        /// `headroom`, and `bare` (an HTTP endpoint that parses the same body
+        /// and answers a fixed decision). Ratios Headroom / baseline follow.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "headroom")]
+        targets: Vec<headroom::bench::Target>,
         /// Concurrent connections, each sending its next request when the last is answered.
         #[arg(long, default_value_t = 50)]
         connections: usize,
@@ -73,6 +78,12 @@ enum Action {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The bare HTTP baseline that `headroom bench --targets bare` starts.
+    #[command(hide = true)]
+    BenchBareServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
     },
     /// Create an account or change its plan (admin).
     #[command(subcommand)]
@@ -268,34 +279,53 @@ fn main() -> ExitCode {
             print_call(client.client().add_grant(&account, &grant))
         }
         Action::Usage { subject, client } => print_call(client.client().usage(&subject)),
-        Action::Bench { server, connections, seconds, distribution, subjects, batch, json } => {
+        Action::Bench { server, targets, connections, seconds, distribution, subjects, batch, json } => {
             let token = std::env::var("HEADROOM_TOKEN").ok().filter(|token| !token.is_empty());
             let duration = std::time::Duration::from_secs(seconds.max(1));
-            let config = headroom::bench::BenchConfig {
-                server,
-                token,
-                connections,
-                duration,
-                distribution,
-                subjects,
-                batch,
-                json,
-            };
-            match headroom::bench::run(config) {
-                Ok(report) if json => {
-                    println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
-                    ExitCode::SUCCESS
-                }
-                Ok(report) => {
-                    print!("{}", report.table());
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("headroom: {error}");
-                    ExitCode::FAILURE
+            let mut reports = Vec::new();
+            for target in targets {
+                let config = headroom::bench::BenchConfig {
+                    target,
+                    server: server.clone(),
+                    token: token.clone(),
+                    connections,
+                    duration,
+                    distribution,
+                    subjects,
+                    batch,
+                    json,
+                };
+                match headroom::bench::run(config) {
+                    Ok(report) => {
+                        if !json {
+                            println!("{}", report.table());
+                        }
+                        reports.push(report);
+                    }
+                    Err(error) => {
+                        eprintln!("headroom: {error}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
+            let ratios = headroom::bench::ratios(&reports);
+            if json {
+                let output = serde_json::json!({ "reports": reports, "ratios": ratios });
+                println!("{}", serde_json::to_string_pretty(&output).expect("a report serializes"));
+            } else {
+                for ratio in &ratios {
+                    println!("{}", ratio.line());
+                }
+            }
+            ExitCode::SUCCESS
         }
+        Action::BenchBareServer { listen } => match headroom::bench::serve_bare(listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("headroom: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Action::Tokens(TokensAction::Create { kind, subject, account, client }) => {
             print_call(client.client().create_token(&kind, subject.as_deref(), account.as_deref()))
         }

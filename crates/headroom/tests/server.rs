@@ -595,11 +595,36 @@ fn the_bench_loads_its_own_server_and_reports() {
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let report = &run["reports"][0];
         assert_eq!(report["errors"], 0, "{report}");
         assert!(report["decisions"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report["decisions"].as_u64().unwrap() % batch.parse::<u64>().unwrap(), 0);
         assert!(report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap());
         assert!(report["server_cpu_us_per_decision"].as_f64().unwrap() > 0.0, "{report}");
     }
+    // Headroom and the bare baseline in one run, with their ratio.
+    let output = Process::new(binary())
+        .args([
+            "bench",
+            "--seconds",
+            "1",
+            "--connections",
+            "2",
+            "--subjects",
+            "10",
+            "--json",
+            "--targets",
+            "headroom,bare",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(run["reports"][1]["target"], "bare");
+    assert_eq!(run["reports"][1]["errors"], 0, "{run}");
+    let ratio = run["ratios"][0]["throughput"].as_f64().unwrap();
+    let expected = run["reports"][0]["decisions_per_second"].as_f64().unwrap()
+        / run["reports"][1]["decisions_per_second"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{run}");
 }
