@@ -23,7 +23,7 @@ install_packages() {
 }
 
 step "packages the tests use"
-install_packages curl
+install_packages curl redis-server
 
 step "formatting"
 cargo fmt --all --check

@@ -19,6 +19,8 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod redis;
+
 use crate::random::Random;
 use crate::server::metrics::Stopwatch;
 
@@ -42,6 +44,16 @@ pub enum Target {
     /// A bare HTTP endpoint that parses the same body and answers a fixed
     /// decision of the same size: the ceiling HTTP and JSON allow here.
     Bare,
+    /// Redis with a Lua script doing the same waterfall, no persistence.
+    Redis,
+    /// The same with `appendfsync always`: durable like Headroom.
+    RedisFsync,
+}
+
+impl Target {
+    fn is_redis(self) -> bool {
+        matches!(self, Target::Redis | Target::RedisFsync)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -93,13 +105,16 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
     if config.batch > headroom_core::limits::BATCH_DECISIONS_MAX {
         return Err(format!("--batch is at most {}", headroom_core::limits::BATCH_DECISIONS_MAX));
     }
+    if config.target.is_redis() {
+        return run_redis(&config);
+    }
     let mut started = None;
     let (url, token) = match (config.target, &config.server, &config.token) {
         (Target::Headroom, Some(url), Some(token)) => (url.trim_end_matches('/').to_string(), token.clone()),
         (Target::Headroom, Some(_), None) => {
             return Err("--server needs the admin token in HEADROOM_TOKEN".to_string());
         }
-        (Target::Bare, Some(_), _) => return Err("the bare baseline is always started by the bench".to_string()),
+        (_, Some(_), _) => return Err("baselines are always started by the bench".to_string()),
         (target, None, _) => {
             let server = StartedServer::start(target)?;
             let address = (server.url.clone(), server.token.clone());
@@ -115,14 +130,27 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
-    let cpu_before = started.as_ref().map(StartedServer::cpu_seconds).transpose()?;
-    let (histogram, calls, errors, seconds) = runtime.block_on(drive(&config, &address, &token))?;
-    let cpu_after = started.as_ref().map(StartedServer::cpu_seconds).transpose()?;
+    let pid = started.as_ref().map(|server| server.child.id());
+    let protocol = Protocol::Http { token, batch: config.batch };
+    let measured = runtime.block_on(drive(&config, &address, protocol, pid))?;
+    Ok(report(&config, measured))
+}
+
+/// What one load measured: latencies, calls, failed calls, seconds, and the
+/// loaded process's CPU seconds over the load.
+type Measured = (Histogram<u64>, u64, u64, f64, Option<f64>);
+
+fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
+    let (histogram, calls, errors, seconds, cpu) = measured;
     let decisions = (calls - errors) * config.batch as u64;
     let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1e6;
-    Ok(BenchReport {
+    BenchReport {
         target: config.target,
-        route: if config.batch == 1 { "/v1/decisions" } else { "/v1/decisions/batch" },
+        route: match (config.target.is_redis(), config.batch) {
+            (true, _) => "EVALSHA waterfall",
+            (false, 1) => "/v1/decisions",
+            (false, _) => "/v1/decisions/batch",
+        },
         distribution: config.distribution,
         connections: config.connections,
         subjects: config.subjects,
@@ -136,11 +164,43 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
         latency_p99_ms: millis(0.99),
         latency_p999_ms: millis(0.999),
         latency_max_ms: histogram.max() as f64 / 1e6,
-        server_cpu_us_per_decision: match (cpu_before, cpu_after) {
-            (Some(before), Some(after)) if decisions > 0 => Some((after - before) * 1e6 / decisions as f64),
-            _ => None,
-        },
-    })
+        server_cpu_us_per_decision: cpu.filter(|_| decisions > 0).map(|seconds| seconds * 1e6 / decisions as f64),
+    }
+}
+
+/// Loads a Redis started here, with the waterfall script and the same
+/// accounts' wallets.
+fn run_redis(config: &BenchConfig) -> Result<BenchReport, String> {
+    if config.batch > 1 {
+        return Err("the Redis baseline takes one decision per call (--batch 1)".to_string());
+    }
+    if config.server.is_some() {
+        return Err("baselines are always started by the bench".to_string());
+    }
+    let server = redis::RedisServer::start(config.target == Target::RedisFsync)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    let sha = runtime.block_on(async {
+        let mut stream = redis::connect(&server.address).await?;
+        let mut buffer = Vec::new();
+        let mut request = Vec::new();
+        redis::encode(&[b"SCRIPT", b"LOAD", redis::WATERFALL.as_bytes()], &mut request);
+        let sha = match redis::call(&mut stream, &request, &mut buffer).await? {
+            redis::Reply::Text(sha) => String::from_utf8(sha).map_err(|error| error.to_string())?,
+            other => return Err(format!("loading the script: {other:?}")),
+        };
+        for account in 0..config.subjects.div_ceil(SUBJECTS_PER_ACCOUNT) {
+            request.clear();
+            let key = format!("wallet:bench-account-{account}");
+            redis::encode(&[b"SET", key.as_bytes(), b"1000000000000000"], &mut request);
+            redis::call(&mut stream, &request, &mut buffer).await?;
+        }
+        Ok::<String, String>(sha)
+    })?;
+    let measured = runtime.block_on(drive(config, &server.address, Protocol::Redis { sha }, Some(server.pid())))?;
+    Ok(report(config, measured))
 }
 
 impl BenchReport {
@@ -269,11 +329,17 @@ impl Subjects {
     }
 }
 
-async fn drive(config: &BenchConfig, address: &str, token: &str) -> Result<(Histogram<u64>, u64, u64, f64), String> {
+/// How a worker talks to what it loads.
+#[derive(Clone)]
+enum Protocol {
+    Http { token: String, batch: usize },
+    Redis { sha: String },
+}
+
+async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Option<u32>) -> Result<Measured, String> {
     let subjects = Subjects::new(config.distribution, config.subjects);
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
-    let run = Stopwatch::start();
     let mut tasks = Vec::new();
     for connection in 0..config.connections {
         let stream =
@@ -282,8 +348,7 @@ async fn drive(config: &BenchConfig, address: &str, token: &str) -> Result<(Hist
         let worker = Worker {
             stream,
             connection,
-            token: token.to_string(),
-            batch: config.batch,
+            protocol: protocol.clone(),
             subjects: subjects.share(),
             random: Random::new(0x6865_6164_726f_6f6d ^ connection as u64),
             stop: stop.clone(),
@@ -291,6 +356,8 @@ async fn drive(config: &BenchConfig, address: &str, token: &str) -> Result<(Hist
         };
         tasks.push(tokio::spawn(worker.run()));
     }
+    let cpu_before = pid.map(cpu_seconds).transpose()?;
+    let run = Stopwatch::start();
     let progress = tokio::spawn(show_progress(config.duration, completed.clone(), config.batch, !config.json));
     tokio::time::sleep(config.duration).await;
     stop.store(true, Ordering::SeqCst);
@@ -303,14 +370,16 @@ async fn drive(config: &BenchConfig, address: &str, token: &str) -> Result<(Hist
         calls += part_calls;
         errors += part_errors;
     }
-    Ok((histogram, calls, errors, run.nanos() as f64 / 1e9))
+    let seconds = run.nanos() as f64 / 1e9;
+    let cpu_after = pid.map(cpu_seconds).transpose()?;
+    let cpu = cpu_before.zip(cpu_after).map(|(before, after)| after - before);
+    Ok((histogram, calls, errors, seconds, cpu))
 }
 
 struct Worker {
     stream: TcpStream,
     connection: usize,
-    token: String,
-    batch: usize,
+    protocol: Protocol,
     subjects: Subjects,
     random: Random,
     stop: Arc<AtomicBool>,
@@ -325,41 +394,66 @@ impl Worker {
         let mut buffer = Vec::with_capacity(64 * 1024);
         while !self.stop.load(Ordering::Relaxed) {
             request.clear();
-            let mut body = Vec::with_capacity(128 * self.batch);
-            if self.batch > 1 {
-                body.extend_from_slice(b"{\"decisions\":[");
-            }
-            for index in 0..self.batch {
-                if index > 0 {
-                    body.push(b',');
+            let sent;
+            let ok = match &self.protocol {
+                Protocol::Http { token, batch } => {
+                    let batch = *batch;
+                    let mut body = Vec::with_capacity(128 * batch);
+                    if batch > 1 {
+                        body.extend_from_slice(b"{\"decisions\":[");
+                    }
+                    for index in 0..batch {
+                        if index > 0 {
+                            body.push(b',');
+                        }
+                        sequence += 1;
+                        let subject = self.subjects.draw(&mut self.random);
+                        let _ = write!(
+                            body,
+                            "{{\"subject\":\"{}\",\"feature\":\"codex.local_task\",\"quantity\":1,\"idempotency_key\":\"bench-{}-{}\"}}",
+                            subject_name(subject),
+                            self.connection,
+                            sequence
+                        );
+                    }
+                    if batch > 1 {
+                        body.extend_from_slice(b"]}");
+                    }
+                    let path = if batch > 1 { "/v1/decisions/batch" } else { "/v1/decisions" };
+                    let _ = write!(
+                        request,
+                        "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    request.extend_from_slice(&body);
+                    sent = Stopwatch::start();
+                    self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
+                    read_response(&mut self.stream, &mut buffer).await? == 200
                 }
-                sequence += 1;
-                let subject = self.subjects.draw(&mut self.random);
-                let _ = write!(
-                    body,
-                    "{{\"subject\":\"{}\",\"feature\":\"codex.local_task\",\"quantity\":1,\"idempotency_key\":\"bench-{}-{}\"}}",
-                    subject_name(subject),
-                    self.connection,
-                    sequence
-                );
-            }
-            if self.batch > 1 {
-                body.extend_from_slice(b"]}");
-            }
-            let path = if self.batch > 1 { "/v1/decisions/batch" } else { "/v1/decisions" };
-            let _ = write!(
-                request,
-                "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                self.token,
-                body.len()
-            );
-            request.extend_from_slice(&body);
-            let sent = Stopwatch::start();
-            self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
-            let status = read_response(&mut self.stream, &mut buffer).await?;
+                Protocol::Redis { sha } => {
+                    sequence += 1;
+                    let subject = self.subjects.draw(&mut self.random);
+                    let account = subject / SUBJECTS_PER_ACCOUNT;
+                    let key = format!("bench-{}-{sequence}", self.connection);
+                    // The enterprise plan's windows and price, as Headroom applies them.
+                    let keys = [
+                        format!("key:bench-account-{account}:{key}"),
+                        format!("window-5h:{}", subject_name(subject)),
+                        format!("window-weekly:{}", subject_name(subject)),
+                        format!("wallet:bench-account-{account}"),
+                        format!("ledger:bench-account-{account}"),
+                    ];
+                    let mut arguments: Vec<&[u8]> = vec![b"EVALSHA", sha.as_bytes(), b"5"];
+                    arguments.extend(keys.iter().map(|key| key.as_bytes()));
+                    arguments.extend([&b"1"[..], b"300", b"18000", b"1500", b"604800", b"80000", key.as_bytes()]);
+                    redis::encode(&arguments, &mut request);
+                    sent = Stopwatch::start();
+                    matches!(redis::call(&mut self.stream, &request, &mut buffer).await?, redis::Reply::Text(_))
+                }
+            };
             histogram.record(sent.nanos().max(1)).map_err(|error| error.to_string())?;
             calls += 1;
-            if status != 200 {
+            if !ok {
                 errors += 1;
             }
             self.completed.fetch_add(1, Ordering::Relaxed);
@@ -451,6 +545,7 @@ impl StartedServer {
                 command.args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"]).arg(&directory)
             }
             Target::Bare => command.args(["bench-bare-server", "--listen", "127.0.0.1:0"]),
+            Target::Redis | Target::RedisFsync => return Err("Redis is started by its own runner".to_string()),
         };
         let mut child = command
             .env("HEADROOM_ADMIN_TOKEN", &token)
@@ -472,18 +567,18 @@ impl StartedServer {
         }
         Ok(server)
     }
+}
 
-    /// User and system CPU seconds of the server so far, from /proc.
-    fn cpu_seconds(&self) -> Result<f64, String> {
-        let path = format!("/proc/{}/stat", self.child.id());
-        let stat = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok());
-        // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
-        let (user, system) = ticks(11).zip(ticks(12)).ok_or_else(|| format!("{path}: unexpected format"))?;
-        Ok((user + system) / clock_ticks_per_second())
-    }
+/// User and system CPU seconds of process `pid` so far, from /proc.
+fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+    let (user, system) = ticks(11).zip(ticks(12)).ok_or_else(|| format!("{path}: unexpected format"))?;
+    Ok((user + system) / clock_ticks_per_second())
 }
 
 /// The bare baseline: parses the same bodies as `headroom serve` (into the

@@ -615,14 +615,19 @@ fn the_bench_loads_its_own_server_and_reports() {
             "10",
             "--json",
             "--targets",
-            "headroom,bare",
+            "headroom,bare,redis,redis-fsync",
         ])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let run: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(run["reports"][1]["target"], "bare");
-    assert_eq!(run["reports"][1]["errors"], 0, "{run}");
+    for (index, target) in ["headroom", "bare", "redis", "redis_fsync"].iter().enumerate() {
+        let report = &run["reports"][index];
+        assert_eq!(report["target"], *target);
+        assert_eq!(report["errors"], 0, "{run}");
+        assert!(report["decisions"].as_u64().unwrap() > 0, "{run}");
+    }
+    assert_eq!(run["ratios"].as_array().unwrap().len(), 3);
     let ratio = run["ratios"][0]["throughput"].as_f64().unwrap();
     let expected = run["reports"][0]["decisions_per_second"].as_f64().unwrap()
         / run["reports"][1]["decisions_per_second"].as_f64().unwrap();
