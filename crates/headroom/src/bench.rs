@@ -340,11 +340,18 @@ async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Opt
     let subjects = Subjects::new(config.distribution, config.subjects);
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for connection in 0..config.connections {
+    // Every connection first, so that the clock starts with the load.
+    let mut streams = Vec::with_capacity(config.connections);
+    for _ in 0..config.connections {
         let stream =
             TcpStream::connect(address).await.map_err(|error| format!("cannot connect to {address}: {error}"))?;
         stream.set_nodelay(true).map_err(|error| error.to_string())?;
+        streams.push(stream);
+    }
+    let cpu_before = pid.map(cpu_seconds).transpose()?;
+    let run = Stopwatch::start();
+    let mut tasks = Vec::new();
+    for (connection, stream) in streams.into_iter().enumerate() {
         let worker = Worker {
             stream,
             connection,
@@ -356,8 +363,6 @@ async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Opt
         };
         tasks.push(tokio::spawn(worker.run()));
     }
-    let cpu_before = pid.map(cpu_seconds).transpose()?;
-    let run = Stopwatch::start();
     let progress = tokio::spawn(show_progress(config.duration, completed.clone(), config.batch, !config.json));
     tokio::time::sleep(config.duration).await;
     stop.store(true, Ordering::SeqCst);
