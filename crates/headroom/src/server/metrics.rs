@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use headroom_core::{Decision, Reason, Source};
@@ -50,8 +50,9 @@ pub struct Metrics {
     decisions_by_source: [AtomicU64; SOURCE_KINDS.len()],
     decision_errors: AtomicU64,
     latency: Histogram,
-    /// (route, status) → requests.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// (route, status) → requests. Read-mostly: a pair is inserted once,
+    /// then counted without a write lock or an allocation.
+    requests: RwLock<BTreeMap<(String, u16), AtomicU64>>,
 }
 
 #[derive(Default)]
@@ -89,7 +90,13 @@ impl Metrics {
     }
 
     pub fn request(&self, route: &str, status: u16) {
-        *self.requests.lock().expect("not poisoned").entry((route.to_string(), status)).or_default() += 1;
+        let counted = self.requests.read().expect("not poisoned").iter().find_map(|((known, code), count)| {
+            (*code == status && known == route).then(|| count.fetch_add(1, Ordering::Relaxed))
+        });
+        if counted.is_none() {
+            let mut requests = self.requests.write().expect("not poisoned");
+            requests.entry((route.to_string(), status)).or_default().fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The text exposition format; `store` lines come from the store.
@@ -161,7 +168,8 @@ impl Metrics {
         let _ = writeln!(out, "headroom_group_commit_commands_count {}", store.commits);
         let _ = writeln!(out, "# HELP headroom_http_requests_total HTTP requests by route and status.");
         let _ = writeln!(out, "# TYPE headroom_http_requests_total counter");
-        for ((route, status), count) in self.requests.lock().expect("not poisoned").iter() {
+        for ((route, status), count) in self.requests.read().expect("not poisoned").iter() {
+            let count = count.load(Ordering::Relaxed);
             let _ = writeln!(out, "headroom_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}");
         }
         out

@@ -169,23 +169,21 @@ fn decision_response(decision: &Decision, replayed: bool) -> Response {
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    rate_limit_headers(headers, &view);
+    rate_limit_headers(headers, decision);
     if let Some(seconds) = view.retry_after_s.filter(|_| !view.allowed) {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }
 
-fn rate_limit_headers(headers: &mut HeaderMap, view: &DecisionView) {
-    let Some(tightest) = view.windows.iter().min_by_key(|window| window.remaining) else {
+fn rate_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
+    let Some(tightest) = decision.windows.iter().min_by_key(|window| window.remaining) else {
         return;
     };
     let policy = format!("\"{}\";q={}", tightest.window, tightest.limit);
     let mut current = format!("\"{}\";r={}", tightest.window, tightest.remaining);
-    if let Some(resets_at) = tightest.resets_at.as_deref().and_then(|at| Timestamp::parse_rfc3339(at).ok())
-        && let Ok(decided_at) = Timestamp::parse_rfc3339(&view.decided_at)
-    {
-        current.push_str(&format!(";t={}", resets_at.saturating_since(decided_at).seconds_ceil()));
+    if let Some(resets_at) = tightest.resets_at {
+        current.push_str(&format!(";t={}", resets_at.saturating_since(decision.decided_at).seconds_ceil()));
     }
     for (name, value) in [("ratelimit-policy", policy), ("ratelimit", current)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
