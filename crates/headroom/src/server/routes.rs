@@ -34,7 +34,7 @@ use super::metrics::{Stopwatch, StoreFigures};
         description = "A real-time access engine: one decision per request, how much of this is allowed and from where. \
                        Credits are integers in micro-credits (1 credit = 1,000,000); times are RFC 3339 in UTC."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, DecisionView)),
     modifiers(&BearerAuth),
     tags(
         (name = "decisions", description = "Decide, reserve, capture, release: for service tokens and the admin token"),
@@ -82,6 +82,28 @@ impl utoipa::IntoResponses for Errors {
             )
         })
         .collect()
+    }
+}
+
+/// The answer of every deciding route (decide, reserve, capture): the
+/// decision, a deny included, with its headers.
+struct DecisionAnswer;
+
+impl utoipa::IntoResponses for DecisionAnswer {
+    fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let header = |description: &str| HeaderBuilder::new().description(Some(description)).build();
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("DecisionView"))).build();
+        let response = ResponseBuilder::new()
+            .description("The decision; a deny is `allowed: false`. When a reservation is allowed, `reservation` names the hold.")
+            .content("application/json", content)
+            .header("Idempotent-Replayed", header("`true` when this is the original answer to a key used before"))
+            .header("RateLimit-Policy", header("The tightest window: `\"<window>\";q=<limit>`"))
+            .header("RateLimit", header("The tightest window: `\"<window>\";r=<remaining>;t=<seconds to reset>`"))
+            .header("Retry-After", header("On a deny that waiting cures: seconds"))
+            .build();
+        BTreeMap::from([("200".to_string(), response.into())])
     }
 }
 
@@ -244,15 +266,7 @@ async fn run_decision(state: &AppState, command: Command, stopwatch: Stopwatch) 
 /// overdraft. All or nothing: a deny consumes nothing and says why.
 #[utoipa::path(
     post, path = "/v1/decisions", tag = "decisions", request_body = DecisionBody,
-    responses(
-        (status = 200, description = "The decision; a deny is `allowed: false`", body = DecisionView, headers(
-            ("Idempotent-Replayed" = String, description = "`true` when this is the original answer to a key used before"),
-            ("RateLimit-Policy" = String, description = "The tightest window: `\"<window>\";q=<limit>`"),
-            ("RateLimit" = String, description = "The tightest window: `\"<window>\";r=<remaining>;t=<seconds to reset>`"),
-            ("Retry-After" = String, description = "On a deny that waiting cures: seconds"),
-        )),
-        Errors
-    ),
+    responses(DecisionAnswer, Errors),
     security(("bearer" = []))
 )]
 async fn decide(
@@ -375,12 +389,7 @@ impl AppState {
 /// reservation is captured, released, or expires by itself.
 #[utoipa::path(
     post, path = "/v1/reservations", tag = "decisions", request_body = ReservationBody,
-    responses((status = 200, description = "The decision; when allowed, `reservation` names the hold", body = DecisionView, headers(
-            ("Idempotent-Replayed" = String, description = "`true` when this is the original answer to a key used before"),
-            ("RateLimit-Policy" = String, description = "The tightest window: `\"<window>\";q=<limit>`"),
-            ("RateLimit" = String, description = "The tightest window: `\"<window>\";r=<remaining>;t=<seconds to reset>`"),
-            ("Retry-After" = String, description = "On a deny that waiting cures: seconds"),
-        )), Errors),
+    responses(DecisionAnswer, Errors),
     security(("bearer" = []))
 )]
 async fn reserve(
@@ -402,12 +411,7 @@ async fn reserve(
 #[utoipa::path(
     post, path = "/v1/reservations/{id}/capture", tag = "decisions", request_body = CaptureBody,
     params(("id" = String, Path, description = "The reservation's id, from the reserve answer")),
-    responses((status = 200, description = "The capture's decision", body = DecisionView, headers(
-            ("Idempotent-Replayed" = String, description = "`true` when this is the original answer to a key used before"),
-            ("RateLimit-Policy" = String, description = "The tightest window: `\"<window>\";q=<limit>`"),
-            ("RateLimit" = String, description = "The tightest window: `\"<window>\";r=<remaining>;t=<seconds to reset>`"),
-            ("Retry-After" = String, description = "On a deny that waiting cures: seconds"),
-        )), Errors),
+    responses(DecisionAnswer, Errors),
     security(("bearer" = []))
 )]
 async fn capture(
