@@ -406,7 +406,7 @@ fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|Wrapped(value)| value))
 }
 
-pub fn id<T>(field: &str, text: &str, parse: fn(&str) -> Result<T, IdError>) -> Result<T, ApiError> {
+pub fn id_field<T>(field: &str, text: &str, parse: fn(&str) -> Result<T, IdError>) -> Result<T, ApiError> {
     parse(text).map_err(|error| ApiError::invalid(field, error))
 }
 
@@ -426,7 +426,7 @@ fn attributes(attributes: Option<BTreeMap<String, String>>) -> Result<Attributes
 }
 
 fn key(text: &str) -> Result<IdempotencyKey, ApiError> {
-    id("idempotency_key", text, IdempotencyKey::new)
+    id_field("idempotency_key", text, IdempotencyKey::new)
 }
 
 impl DecisionBody {
@@ -437,8 +437,8 @@ impl DecisionBody {
             return Err(ApiError::invalid("idempotency_key", "is required unless preview is true"));
         }
         Ok(DecisionRequest {
-            subject: id("subject", &self.subject, SubjectId::new)?,
-            feature: id("feature", &self.feature, FeatureId::new)?,
+            subject: id_field("subject", &self.subject, SubjectId::new)?,
+            feature: id_field("feature", &self.feature, FeatureId::new)?,
             quantity: bounded("quantity", self.quantity, 1..=QUANTITY_MAX)?,
             attributes: attributes(self.attributes)?,
             idempotency_key,
@@ -452,8 +452,8 @@ impl ReservationBody {
         let lifetime_max = limits::RESERVATION_LIFETIME_MAX.millis() / 1000;
         let lifetime = self.lifetime_s.map(|seconds| bounded("lifetime_s", seconds, 1..=lifetime_max)).transpose()?;
         Ok(ReserveRequest {
-            subject: id("subject", &self.subject, SubjectId::new)?,
-            feature: id("feature", &self.feature, FeatureId::new)?,
+            subject: id_field("subject", &self.subject, SubjectId::new)?,
+            feature: id_field("feature", &self.feature, FeatureId::new)?,
             quantity: bounded("quantity", self.quantity, 1..=QUANTITY_MAX)?,
             attributes: attributes(self.attributes)?,
             idempotency_key: key(&self.idempotency_key)?,
@@ -497,7 +497,7 @@ impl GrantBody {
         })?;
         let idempotency_key = key(&self.idempotency_key)?;
         let grant = match &self.id {
-            Some(text) => id("id", text, GrantId::new)?,
+            Some(text) => id_field("id", text, GrantId::new)?,
             None => {
                 let derived = DecisionId::derive(account, &idempotency_key, Timestamp::EPOCH);
                 GrantId::new(&format!("grant-{derived}")).expect("hex digits are an id")

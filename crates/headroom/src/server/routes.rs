@@ -460,10 +460,6 @@ async fn release(
     }
 }
 
-fn id_field<T>(field: &str, text: &str, parse: fn(&str) -> Result<T, IdError>) -> Result<T, ApiError> {
-    super::api::id(field, text, parse)
-}
-
 /// A subject's usage: every window with its limit, remaining and reset,
 /// and its account's wallet (balance and grants).
 ///
