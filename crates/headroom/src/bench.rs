@@ -69,6 +69,11 @@ pub struct BenchConfig {
     pub subjects: u64,
     /// Decisions per call: 1 uses `/v1/decisions`, more the batch route.
     pub batch: usize,
+    /// Open loop: decisions per second offered in total, on a fixed
+    /// schedule; latency counts from when a request was due, so that a slow
+    /// answer delaying the next request is measured, not hidden (coordinated
+    /// omission). `None`: closed loop.
+    pub rate: Option<u64>,
     pub json: bool,
 }
 
@@ -81,6 +86,8 @@ pub struct BenchReport {
     pub connections: usize,
     pub subjects: u64,
     pub batch: usize,
+    /// Open loop: the decisions per second offered.
+    pub offered_rate: Option<u64>,
     pub seconds: f64,
     pub calls: u64,
     pub decisions: u64,
@@ -155,6 +162,7 @@ fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
         connections: config.connections,
         subjects: config.subjects,
         batch: config.batch,
+        offered_rate: config.rate,
         seconds,
         calls,
         decisions,
@@ -207,7 +215,7 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let cpu = self.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1} µs"));
         format!(
-            "{target:?}: {route}, {distribution:?} over {subjects} subjects, {connections} connections, {seconds:.1} s{batch}\n\
+            "{target:?}: {route}, {distribution:?} over {subjects} subjects, {connections} connections, {seconds:.1} s{batch}{rate}\n\
              \n\
              throughput        {throughput:>12.0} decisions/s\n\
              latency p50       {p50:>12.3} ms\n\
@@ -223,6 +231,7 @@ impl BenchReport {
             connections = self.connections,
             seconds = self.seconds,
             batch = if self.batch > 1 { format!(", {} decisions per call", self.batch) } else { String::new() },
+            rate = self.offered_rate.map_or(String::new(), |rate| format!(", open loop at {rate} decisions/s")),
             throughput = self.decisions_per_second,
             p50 = self.latency_p50_ms,
             p99 = self.latency_p99_ms,
@@ -348,6 +357,13 @@ async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Opt
         stream.set_nodelay(true).map_err(|error| error.to_string())?;
         streams.push(stream);
     }
+    // Open loop: each connection sends every `interval` nanoseconds, the
+    // connections' schedules spread evenly over one interval.
+    let pace = match config.rate {
+        Some(0) => return Err("--rate must be at least 1".to_string()),
+        Some(rate) => Some(1_000_000_000 * config.connections as u64 * config.batch as u64 / rate),
+        None => None,
+    };
     let cpu_before = pid.map(cpu_seconds).transpose()?;
     let run = Stopwatch::start();
     let mut tasks = Vec::new();
@@ -360,6 +376,7 @@ async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Opt
             random: Random::new(0x6865_6164_726f_6f6d ^ connection as u64),
             stop: stop.clone(),
             completed: completed.clone(),
+            pace: pace.map(|interval| (run, interval, interval * connection as u64 / config.connections as u64)),
         };
         tasks.push(tokio::spawn(worker.run()));
     }
@@ -389,6 +406,8 @@ struct Worker {
     random: Random,
     stop: Arc<AtomicBool>,
     completed: Arc<AtomicU64>,
+    /// Open loop: the run's start, the interval and this connection's offset, in nanoseconds.
+    pace: Option<(Stopwatch, u64, u64)>,
 }
 
 impl Worker {
@@ -399,6 +418,15 @@ impl Worker {
         let mut buffer = Vec::with_capacity(64 * 1024);
         while !self.stop.load(Ordering::Relaxed) {
             request.clear();
+            // When the request is due: now (closed loop) or on the schedule.
+            let due = match self.pace {
+                Some((start, interval, offset)) => {
+                    let due = start.later(offset + interval * calls);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(due.instant())).await;
+                    Some(due)
+                }
+                None => None,
+            };
             let sent;
             let ok = match &self.protocol {
                 Protocol::Http { token, batch } => {
@@ -431,7 +459,7 @@ impl Worker {
                         body.len()
                     );
                     request.extend_from_slice(&body);
-                    sent = Stopwatch::start();
+                    sent = due.unwrap_or_else(Stopwatch::start);
                     self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
                     read_response(&mut self.stream, &mut buffer).await? == 200
                 }
@@ -452,7 +480,7 @@ impl Worker {
                     arguments.extend(keys.iter().map(|key| key.as_bytes()));
                     arguments.extend([&b"1"[..], b"300", b"18000", b"1500", b"604800", b"80000", key.as_bytes()]);
                     redis::encode(&arguments, &mut request);
-                    sent = Stopwatch::start();
+                    sent = due.unwrap_or_else(Stopwatch::start);
                     matches!(redis::call(&mut self.stream, &request, &mut buffer).await?, redis::Reply::Text(_))
                 }
             };

@@ -75,6 +75,11 @@ enum Action {
         /// Decisions per call: 1 uses /v1/decisions, more the batch route.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Open loop: offer this many decisions per second on a fixed
+        /// schedule, latency counted from when each request was due
+        /// (corrected for coordinated omission). Default: closed loop.
+        #[arg(long)]
+        rate: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -279,7 +284,7 @@ fn main() -> ExitCode {
             print_call(client.client().add_grant(&account, &grant))
         }
         Action::Usage { subject, client } => print_call(client.client().usage(&subject)),
-        Action::Bench { server, targets, connections, seconds, distribution, subjects, batch, json } => {
+        Action::Bench { server, targets, connections, seconds, distribution, subjects, batch, rate, json } => {
             let token = std::env::var("HEADROOM_TOKEN").ok().filter(|token| !token.is_empty());
             let duration = std::time::Duration::from_secs(seconds.max(1));
             let mut reports = Vec::new();
@@ -293,6 +298,7 @@ fn main() -> ExitCode {
                     distribution,
                     subjects,
                     batch,
+                    rate,
                     json,
                 };
                 match headroom::bench::run(config) {

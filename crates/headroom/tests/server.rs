@@ -603,6 +603,18 @@ fn the_bench_loads_its_own_server_and_reports() {
         assert!(report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap());
         assert!(report["server_cpu_us_per_decision"].as_f64().unwrap() > 0.0, "{report}");
     }
+    // Open loop: the offered rate is what is sent, on schedule.
+    let output = Process::new(binary())
+        .args(["bench", "--seconds", "2", "--connections", "4", "--subjects", "10", "--json", "--rate", "400"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = &run["reports"][0];
+    assert_eq!(report["offered_rate"], 400);
+    let rate = report["decisions_per_second"].as_f64().unwrap();
+    assert!((300.0..=440.0).contains(&rate), "{report}");
+
     // Headroom and the bare baseline in one run, with their ratio.
     let output = Process::new(binary())
         .args([

@@ -19,6 +19,16 @@ impl Stopwatch {
         Stopwatch(std::time::Instant::now())
     }
 
+    /// The moment `nanos` after this one started: a schedule point.
+    pub fn later(self, nanos: u64) -> Stopwatch {
+        Stopwatch(self.0 + std::time::Duration::from_nanos(nanos))
+    }
+
+    pub fn instant(self) -> std::time::Instant {
+        self.0
+    }
+
+    /// Nanoseconds since this started, 0 while it lies in the future.
     pub fn nanos(self) -> u64 {
         u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
