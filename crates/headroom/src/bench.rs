@@ -256,12 +256,14 @@ impl Ratio {
     }
 }
 
-/// Ratios of the Headroom report to every baseline report.
+/// Ratios of the Headroom report to every baseline report, closed-loop
+/// runs only (an open loop's throughput is the rate it was offered).
 pub fn ratios(reports: &[BenchReport]) -> Vec<Ratio> {
-    let Some(headroom) = reports.iter().find(|report| report.target == Target::Headroom) else {
+    let closed: Vec<&BenchReport> = reports.iter().filter(|report| report.offered_rate.is_none()).collect();
+    let Some(headroom) = closed.iter().find(|report| report.target == Target::Headroom) else {
         return Vec::new();
     };
-    reports
+    closed
         .iter()
         .filter(|report| report.target != Target::Headroom && report.decisions_per_second > 0.0)
         .map(|report| Ratio {
@@ -418,12 +420,20 @@ impl Worker {
         let mut buffer = Vec::with_capacity(64 * 1024);
         while !self.stop.load(Ordering::Relaxed) {
             request.clear();
-            // When the request is due: now (closed loop) or on the schedule.
+            // Where latency counts from: the send (closed loop), or when the
+            // request was due (open loop). A request sent late because the
+            // last answer came late counts from when it was due; one the
+            // timer woke late for counts from its send, as the lateness is
+            // the client's.
             let due = match self.pace {
                 Some((start, interval, offset)) => {
                     let due = start.later(offset + interval * calls);
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(due.instant())).await;
-                    Some(due)
+                    if due.nanos() == 0 {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(due.instant())).await;
+                        None
+                    } else {
+                        Some(due)
+                    }
                 }
                 None => None,
             };
@@ -670,6 +680,106 @@ impl Drop for StartedServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.directory);
     }
+}
+
+/// Offered loads of a latency sweep, as fractions of the closed-loop peak.
+pub const SWEEP_FRACTIONS: [f64; 4] = [0.25, 0.5, 0.75, 0.9];
+
+/// The closed-loop peak of `config`'s target, then open-loop runs at
+/// fractions of it: the points of a latency-against-load curve.
+pub fn sweep(config: &BenchConfig) -> Result<Vec<BenchReport>, String> {
+    let peak = run(BenchConfig { rate: None, ..config.clone() })?;
+    let mut reports = vec![peak.clone()];
+    for fraction in SWEEP_FRACTIONS {
+        let rate = ((peak.decisions_per_second * fraction) as u64).max(1);
+        reports.push(run(BenchConfig { rate: Some(rate), ..config.clone() })?);
+    }
+    Ok(reports)
+}
+
+/// An SVG chart of p99 (solid) and p50 (dashed) latency against the
+/// throughput reached, one colour per target, from open-loop reports.
+pub fn plot(reports: &[BenchReport]) -> String {
+    use std::fmt::Write as _;
+    let points: Vec<&BenchReport> = reports.iter().filter(|report| report.offered_rate.is_some()).collect();
+    let (width, height, left, bottom, top, right) = (760.0, 440.0, 70.0, 50.0, 40.0, 170.0);
+    let x_max = points.iter().map(|report| report.decisions_per_second).fold(1.0, f64::max) * 1.05;
+    let y_max = points.iter().map(|report| report.latency_p99_ms).fold(0.1, f64::max) * 1.1;
+    let x = |value: f64| left + value / x_max * (width - left - right);
+    let y = |value: f64| height - bottom - value / y_max * (height - top - bottom);
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" font-size="14">Latency against load: p99 (solid), p50 (dashed)</text>"#,
+        left
+    );
+    for tick in 0..=5 {
+        let (value_x, value_y) = (x_max * f64::from(tick) / 5.0, y_max * f64::from(tick) / 5.0);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#ddd"/><text x="{3}" y="{4}" text-anchor="end">{5:.1} ms</text>"##,
+            left,
+            y(value_y),
+            width - right,
+            left - 6.0,
+            y(value_y) + 4.0,
+            value_y
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{:.0}k</text>"#,
+            x(value_x),
+            height - bottom + 18.0,
+            value_x / 1000.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">decisions per second</text>"#,
+        (left + width - right) / 2.0,
+        height - 12.0
+    );
+    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"];
+    let mut targets: Vec<Target> = Vec::new();
+    for report in &points {
+        if !targets.contains(&report.target) {
+            targets.push(report.target);
+        }
+    }
+    for (index, target) in targets.iter().enumerate() {
+        let colour = colours[index % colours.len()];
+        let mut series: Vec<&&BenchReport> = points.iter().filter(|report| report.target == *target).collect();
+        series.sort_by(|one, other| one.decisions_per_second.total_cmp(&other.decisions_per_second));
+        for (quantile, dash) in [(0.99, ""), (0.5, r#" stroke-dasharray="5,4""#)] {
+            let line: Vec<String> = series
+                .iter()
+                .map(|report| {
+                    let latency = if quantile == 0.99 { report.latency_p99_ms } else { report.latency_p50_ms };
+                    format!("{:.1},{:.1}", x(report.decisions_per_second), y(latency))
+                })
+                .collect();
+            let _ = writeln!(
+                svg,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{}"/>"#,
+                line.join(" ")
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{0}" y="{1}" width="14" height="3" fill="{colour}"/><text x="{2}" y="{3}">{target:?}</text>"#,
+            width - right + 16.0,
+            top + 20.0 * index as f64 + 10.0,
+            width - right + 36.0,
+            top + 20.0 * index as f64 + 15.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 #[cfg(test)]

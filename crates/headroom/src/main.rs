@@ -80,6 +80,11 @@ enum Action {
         /// (corrected for coordinated omission). Default: closed loop.
         #[arg(long)]
         rate: Option<u64>,
+        /// Draw latency against load into this SVG file: for each target,
+        /// the closed-loop peak, then open-loop runs at 25, 50, 75 and 90 %
+        /// of it (each --seconds long).
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -284,7 +289,7 @@ fn main() -> ExitCode {
             print_call(client.client().add_grant(&account, &grant))
         }
         Action::Usage { subject, client } => print_call(client.client().usage(&subject)),
-        Action::Bench { server, targets, connections, seconds, distribution, subjects, batch, rate, json } => {
+        Action::Bench { server, targets, connections, seconds, distribution, subjects, batch, rate, plot, json } => {
             let token = std::env::var("HEADROOM_TOKEN").ok().filter(|token| !token.is_empty());
             let duration = std::time::Duration::from_secs(seconds.max(1));
             let mut reports = Vec::new();
@@ -301,18 +306,31 @@ fn main() -> ExitCode {
                     rate,
                     json,
                 };
-                match headroom::bench::run(config) {
-                    Ok(report) => {
-                        if !json {
-                            println!("{}", report.table());
+                let result = match &plot {
+                    Some(_) => headroom::bench::sweep(&config),
+                    None => headroom::bench::run(config).map(|report| vec![report]),
+                };
+                match result {
+                    Ok(runs) => {
+                        for report in runs {
+                            if !json {
+                                println!("{}", report.table());
+                            }
+                            reports.push(report);
                         }
-                        reports.push(report);
                     }
                     Err(error) => {
                         eprintln!("headroom: {error}");
                         return ExitCode::FAILURE;
                     }
                 }
+            }
+            if let Some(path) = &plot {
+                if let Err(error) = std::fs::write(path, headroom::bench::plot(&reports)) {
+                    eprintln!("headroom: {}: {error}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("headroom: latency against load drawn in {}", path.display());
             }
             let ratios = headroom::bench::ratios(&reports);
             if json {

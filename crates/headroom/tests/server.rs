@@ -615,6 +615,33 @@ fn the_bench_loads_its_own_server_and_reports() {
     let rate = report["decisions_per_second"].as_f64().unwrap();
     assert!((300.0..=440.0).contains(&rate), "{report}");
 
+    // A latency sweep drawn as SVG: the peak, then four open-loop runs per target.
+    let directory = Directory::new("plot");
+    let svg = directory.0.join("latency.svg");
+    let output = Process::new(binary())
+        .args([
+            "bench",
+            "--seconds",
+            "1",
+            "--connections",
+            "2",
+            "--subjects",
+            "10",
+            "--json",
+            "--targets",
+            "headroom,bare",
+        ])
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(run["reports"].as_array().unwrap().len(), 10);
+    assert_eq!(run["ratios"].as_array().unwrap().len(), 1, "ratios compare closed-loop runs only");
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawing.starts_with("<svg") && drawing.matches("<polyline").count() == 4, "{drawing}");
+
     // Headroom and the bare baseline in one run, with their ratio.
     let output = Process::new(binary())
         .args([
