@@ -682,6 +682,73 @@ impl Drop for StartedServer {
     }
 }
 
+/// The generated part of BENCHMARKS.md: the machine, the command, one row
+/// per run, and the ratios.
+pub fn markdown(command: &str, reports: &[BenchReport], ratios: &[Ratio]) -> String {
+    use std::fmt::Write as _;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|line| {
+                line.strip_prefix("model name")?.split_once(':').map(|(_, name)| name.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_string(), |text| text.trim().to_string());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Machine: {cores} cores ({cpu}), Linux {kernel}. Client and servers share these cores, unpinned.\n"
+    );
+    let _ = writeln!(out, "Command:\n\n```sh\n{command}\n```\n");
+    let _ =
+        writeln!(out, "| target | load | decisions/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/decision |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for report in reports {
+        let load = report.offered_rate.map_or("closed loop".to_string(), |rate| format!("open loop, {rate}/s"));
+        let cpu = report.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1}"));
+        let _ = writeln!(
+            out,
+            "| {:?} | {load} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {cpu} |",
+            report.target,
+            report.decisions_per_second,
+            report.latency_p50_ms,
+            report.latency_p99_ms,
+            report.latency_p999_ms,
+            report.errors
+        );
+    }
+    if !ratios.is_empty() {
+        let _ = writeln!(out);
+        for ratio in ratios {
+            let _ = writeln!(out, "- {}", ratio.line());
+        }
+    }
+    out
+}
+
+/// Replaces what stands between the markers of `path` with `section`
+/// (the file is made, markers included, if missing).
+pub fn write_section(path: &std::path::Path, section: &str) -> Result<(), String> {
+    const BEGIN: &str = "<!-- bench:begin -->";
+    const END: &str = "<!-- bench:end -->";
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => format!("{BEGIN}\n{END}\n"),
+        Err(error) => return Err(error.to_string()),
+    };
+    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        return Err(format!("the file has no {BEGIN} … {END} section"));
+    };
+    if end < begin {
+        return Err(format!("{END} comes before {BEGIN}"));
+    }
+    let updated = format!("{}{BEGIN}\n{section}{}", &text[..begin], &text[end..]);
+    std::fs::write(path, updated).map_err(|error| error.to_string())
+}
+
 /// Offered loads of a latency sweep, as fractions of the closed-loop peak.
 pub const SWEEP_FRACTIONS: [f64; 4] = [0.25, 0.5, 0.75, 0.9];
 
@@ -797,5 +864,22 @@ mod tests {
         // With s = 1 over 1,000 subjects, the first holds about 13 % and the tenth about 1.3 %.
         assert!((11_000..15_000).contains(&counts[0]), "{}", counts[0]);
         assert!(counts[0] > 5 * counts[9] && counts[9] > counts[999]);
+    }
+}
+
+#[cfg(test)]
+mod markdown_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_marked_section_is_rewritten() {
+        let path = std::env::temp_dir().join(format!("headroom-bench-section-{}.md", std::process::id()));
+        std::fs::write(&path, "# Title\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n## Kept\n").unwrap();
+        write_section(&path, "new\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "# Title\n<!-- bench:begin -->\nnew\n<!-- bench:end -->\n## Kept\n");
+        std::fs::write(&path, "no markers").unwrap();
+        assert!(write_section(&path, "new\n").is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -85,6 +85,11 @@ enum Action {
         /// of it (each --seconds long).
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Write the results into this Markdown file, between its
+        /// `<!-- bench:begin -->` and `<!-- bench:end -->` lines (the rest of
+        /// the file is kept): the machine, this command, the table and the ratios.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -289,7 +294,19 @@ fn main() -> ExitCode {
             print_call(client.client().add_grant(&account, &grant))
         }
         Action::Usage { subject, client } => print_call(client.client().usage(&subject)),
-        Action::Bench { server, targets, connections, seconds, distribution, subjects, batch, rate, plot, json } => {
+        Action::Bench {
+            server,
+            targets,
+            connections,
+            seconds,
+            distribution,
+            subjects,
+            batch,
+            rate,
+            plot,
+            markdown,
+            json,
+        } => {
             let token = std::env::var("HEADROOM_TOKEN").ok().filter(|token| !token.is_empty());
             let duration = std::time::Duration::from_secs(seconds.max(1));
             let mut reports = Vec::new();
@@ -333,6 +350,14 @@ fn main() -> ExitCode {
                 eprintln!("headroom: latency against load drawn in {}", path.display());
             }
             let ratios = headroom::bench::ratios(&reports);
+            if let Some(path) = &markdown {
+                let command: Vec<String> = std::env::args().skip(1).collect();
+                let section = headroom::bench::markdown(&format!("headroom {}", command.join(" ")), &reports, &ratios);
+                if let Err(error) = headroom::bench::write_section(path, &section) {
+                    eprintln!("headroom: {}: {error}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if json {
                 let output = serde_json::json!({ "reports": reports, "ratios": ratios });
                 println!("{}", serde_json::to_string_pretty(&output).expect("a report serializes"));
