@@ -771,9 +771,16 @@ pub fn plot(reports: &[BenchReport]) -> String {
     let points: Vec<&BenchReport> = reports.iter().filter(|report| report.offered_rate.is_some()).collect();
     let (width, height, left, bottom, top, right) = (760.0, 440.0, 70.0, 50.0, 40.0, 170.0);
     let x_max = points.iter().map(|report| report.decisions_per_second).fold(1.0, f64::max) * 1.05;
-    let y_max = points.iter().map(|report| report.latency_p99_ms).fold(0.1, f64::max) * 1.1;
+    // Latency on a logarithmic scale, from 0.1 ms to the next power of ten
+    // above the slowest p99: tails span orders of magnitude.
+    let y_min: f64 = 0.1;
+    let slowest = points.iter().map(|report| report.latency_p99_ms).fold(1.0, f64::max);
+    let y_max = 10f64.powf(slowest.log10().ceil());
     let x = |value: f64| left + value / x_max * (width - left - right);
-    let y = |value: f64| height - bottom - value / y_max * (height - top - bottom);
+    let y = |value: f64| {
+        let share = (value.max(y_min).log10() - y_min.log10()) / (y_max.log10() - y_min.log10());
+        height - bottom - share * (height - top - bottom)
+    };
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -785,11 +792,11 @@ pub fn plot(reports: &[BenchReport]) -> String {
         r#"<text x="{}" y="22" font-size="14">Latency against load: p99 (solid), p50 (dashed)</text>"#,
         left
     );
-    for tick in 0..=5 {
-        let (value_x, value_y) = (x_max * f64::from(tick) / 5.0, y_max * f64::from(tick) / 5.0);
+    let mut value_y = y_min;
+    while value_y <= y_max * 1.001 {
         let _ = writeln!(
             svg,
-            r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#ddd"/><text x="{3}" y="{4}" text-anchor="end">{5:.1} ms</text>"##,
+            r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#ddd"/><text x="{3}" y="{4}" text-anchor="end">{5} ms</text>"##,
             left,
             y(value_y),
             width - right,
@@ -797,6 +804,10 @@ pub fn plot(reports: &[BenchReport]) -> String {
             y(value_y) + 4.0,
             value_y
         );
+        value_y *= 10.0;
+    }
+    for tick in 0..=5 {
+        let value_x = x_max * f64::from(tick) / 5.0;
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="{}" text-anchor="middle">{:.0}k</text>"#,
