@@ -35,6 +35,43 @@ pub enum Distribution {
     Zipf,
 }
 
+/// The shape of each decision, on the bench's own catalog
+/// (`src/bench/catalog.toml`, written by `headroom bench --write-catalog`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mix {
+    /// Windows cover every decision.
+    Within,
+    /// Windows of one unit: every decision after a subject's first is paid from credits.
+    Spill,
+    /// The same windows and no credits: every decision after a subject's first is denied.
+    Denied,
+    /// Previews: decided as if, nothing consumed, no key.
+    Preview,
+    /// A reservation, then its capture: one call pair per decision.
+    Reserve,
+}
+
+impl Mix {
+    fn plan(self) -> &'static str {
+        match self {
+            Mix::Within | Mix::Preview | Mix::Reserve => "within",
+            Mix::Spill | Mix::Denied => "spill",
+        }
+    }
+
+    /// The window capacity the Redis script is given, as the plan's.
+    fn capacity(self) -> &'static [u8] {
+        match self.plan() {
+            "within" => b"1000000000000",
+            _ => b"1",
+        }
+    }
+}
+
+/// The catalog the bench runs on.
+pub const CATALOG: &str = include_str!("bench/catalog.toml");
+
 /// What is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +103,7 @@ pub struct BenchConfig {
     pub connections: usize,
     pub duration: std::time::Duration,
     pub distribution: Distribution,
+    pub mix: Mix,
     pub subjects: u64,
     /// Decisions per call: 1 uses `/v1/decisions`, more the batch route.
     pub batch: usize,
@@ -83,6 +121,7 @@ pub struct BenchReport {
     pub target: Target,
     pub route: &'static str,
     pub distribution: Distribution,
+    pub mix: Mix,
     pub connections: usize,
     pub subjects: u64,
     pub batch: usize,
@@ -131,14 +170,17 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
     };
     let address = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// is supported"))?.to_string();
     if config.target == Target::Headroom {
-        setup(&url, &token, config.subjects)?;
+        setup(&url, &token, config.subjects, config.mix)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
     let pid = started.as_ref().map(|server| server.child.id());
-    let protocol = Protocol::Http { token, batch: config.batch };
+    if config.mix == Mix::Reserve && (config.batch > 1 || config.target == Target::Bare) {
+        return Err("--mix reserve is single calls to Headroom only".to_string());
+    }
+    let protocol = Protocol::Http { token, batch: config.batch, mix: config.mix };
     let measured = runtime.block_on(drive(&config, &address, protocol, pid))?;
     Ok(report(&config, measured))
 }
@@ -159,6 +201,7 @@ fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
             (false, _) => "/v1/decisions/batch",
         },
         distribution: config.distribution,
+        mix: config.mix,
         connections: config.connections,
         subjects: config.subjects,
         batch: config.batch,
@@ -185,6 +228,9 @@ fn run_redis(config: &BenchConfig) -> Result<BenchReport, String> {
     if config.server.is_some() {
         return Err("baselines are always started by the bench".to_string());
     }
+    if matches!(config.mix, Mix::Preview | Mix::Reserve) {
+        return Err("the Redis baseline has no previews or reservations (--mix within, spill or denied)".to_string());
+    }
     let server = redis::RedisServer::start(config.target == Target::RedisFsync)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -202,12 +248,14 @@ fn run_redis(config: &BenchConfig) -> Result<BenchReport, String> {
         for account in 0..config.subjects.div_ceil(SUBJECTS_PER_ACCOUNT) {
             request.clear();
             let key = format!("wallet:bench-account-{account}");
-            redis::encode(&[b"SET", key.as_bytes(), b"1000000000000000"], &mut request);
+            let credits: &[u8] = if config.mix == Mix::Denied { b"0" } else { b"1000000000000000" };
+            redis::encode(&[b"SET", key.as_bytes(), credits], &mut request);
             redis::call(&mut stream, &request, &mut buffer).await?;
         }
         Ok::<String, String>(sha)
     })?;
-    let measured = runtime.block_on(drive(config, &server.address, Protocol::Redis { sha }, Some(server.pid())))?;
+    let protocol = Protocol::Redis { sha, capacity: config.mix.capacity() };
+    let measured = runtime.block_on(drive(config, &server.address, protocol, Some(server.pid())))?;
     Ok(report(config, measured))
 }
 
@@ -215,7 +263,7 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let cpu = self.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1} µs"));
         format!(
-            "{target:?}: {route}, {distribution:?} over {subjects} subjects, {connections} connections, {seconds:.1} s{batch}{rate}\n\
+            "{target:?}: {route}, {mix:?}, {distribution:?} over {subjects} subjects, {connections} connections, {seconds:.1} s{batch}{rate}\n\
              \n\
              throughput        {throughput:>12.0} decisions/s\n\
              latency p50       {p50:>12.3} ms\n\
@@ -226,6 +274,7 @@ impl BenchReport {
              server CPU        {cpu:>12} per decision\n",
             target = self.target,
             route = self.route,
+            mix = self.mix,
             distribution = self.distribution,
             subjects = self.subjects,
             connections = self.connections,
@@ -278,11 +327,18 @@ fn subject_name(index: u64) -> String {
 }
 
 /// Accounts on plan `enterprise`, with credits enough for any run, and the subjects.
-fn setup(url: &str, token: &str, subjects: u64) -> Result<(), String> {
+fn setup(url: &str, token: &str, subjects: u64, mix: Mix) -> Result<(), String> {
     let client = crate::client::Client { server: url.to_string(), token: Some(token.to_string()), json: true };
     for account in 0..subjects.div_ceil(SUBJECTS_PER_ACCOUNT) {
         let name = format!("bench-account-{account}");
-        client.put_account(&name, "enterprise", None).map_err(|error| error.to_string())?;
+        client.put_account(&name, mix.plan(), None).map_err(|error| {
+            format!(
+                "{error} (a server given with --server must run the bench catalog: headroom bench --write-catalog FILE)"
+            )
+        })?;
+        if mix == Mix::Denied {
+            continue;
+        }
         let grant = crate::client::GrantArguments {
             kind: "purchase".to_string(),
             credits: "1000000000".to_string(),
@@ -343,8 +399,8 @@ impl Subjects {
 /// How a worker talks to what it loads.
 #[derive(Clone)]
 enum Protocol {
-    Http { token: String, batch: usize },
-    Redis { sha: String },
+    Http { token: String, batch: usize, mix: Mix },
+    Redis { sha: String, capacity: &'static [u8] },
 }
 
 async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Option<u32>) -> Result<Measured, String> {
@@ -439,8 +495,41 @@ impl Worker {
             };
             let sent;
             let ok = match &self.protocol {
-                Protocol::Http { token, batch } => {
+                Protocol::Http { token, batch, mix: Mix::Reserve } => {
+                    let _ = batch;
+                    sequence += 1;
+                    let subject = subject_name(self.subjects.draw(&mut self.random));
+                    let key = format!("bench-{}-{sequence}", self.connection);
+                    let reserve = format!(
+                        "{{\"subject\":\"{subject}\",\"feature\":\"task\",\"quantity\":2,\"idempotency_key\":\"{key}\"}}"
+                    );
+                    http_request(&mut request, "/v1/reservations", token, reserve.as_bytes());
+                    sent = due.unwrap_or_else(Stopwatch::start);
+                    self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
+                    let (status, body) = read_response(&mut self.stream, &mut buffer, true).await?;
+                    let id = (status == 200).then(|| reservation_id(&body)).flatten();
+                    match id {
+                        Some(id) => {
+                            let capture = format!("{{\"quantity\":1,\"idempotency_key\":\"{key}-capture\"}}");
+                            request.clear();
+                            http_request(
+                                &mut request,
+                                &format!("/v1/reservations/{id}/capture"),
+                                token,
+                                capture.as_bytes(),
+                            );
+                            self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
+                            read_response(&mut self.stream, &mut buffer, false).await?.0 == 200
+                        }
+                        None => false,
+                    }
+                }
+                Protocol::Http { token, batch, mix } => {
                     let batch = *batch;
+                    let fields = match mix {
+                        Mix::Preview => "\"preview\":true".to_string(),
+                        _ => String::new(),
+                    };
                     let mut body = Vec::with_capacity(128 * batch);
                     if batch > 1 {
                         body.extend_from_slice(b"{\"decisions\":[");
@@ -453,32 +542,30 @@ impl Worker {
                         let subject = self.subjects.draw(&mut self.random);
                         let _ = write!(
                             body,
-                            "{{\"subject\":\"{}\",\"feature\":\"codex.local_task\",\"quantity\":1,\"idempotency_key\":\"bench-{}-{}\"}}",
+                            "{{\"subject\":\"{}\",\"feature\":\"task\",\"quantity\":1,{}}}",
                             subject_name(subject),
-                            self.connection,
-                            sequence
+                            if fields.is_empty() {
+                                format!("\"idempotency_key\":\"bench-{}-{sequence}\"", self.connection)
+                            } else {
+                                fields.clone()
+                            }
                         );
                     }
                     if batch > 1 {
                         body.extend_from_slice(b"]}");
                     }
                     let path = if batch > 1 { "/v1/decisions/batch" } else { "/v1/decisions" };
-                    let _ = write!(
-                        request,
-                        "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    request.extend_from_slice(&body);
+                    http_request(&mut request, path, token, &body);
                     sent = due.unwrap_or_else(Stopwatch::start);
                     self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
-                    read_response(&mut self.stream, &mut buffer).await? == 200
+                    read_response(&mut self.stream, &mut buffer, false).await?.0 == 200
                 }
-                Protocol::Redis { sha } => {
+                Protocol::Redis { sha, capacity } => {
                     sequence += 1;
                     let subject = self.subjects.draw(&mut self.random);
                     let account = subject / SUBJECTS_PER_ACCOUNT;
                     let key = format!("bench-{}-{sequence}", self.connection);
-                    // The enterprise plan's windows and price, as Headroom applies them.
+                    // The plan's windows and the price, as Headroom applies them.
                     let keys = [
                         format!("key:bench-account-{account}:{key}"),
                         format!("window-5h:{}", subject_name(subject)),
@@ -488,7 +575,7 @@ impl Worker {
                     ];
                     let mut arguments: Vec<&[u8]> = vec![b"EVALSHA", sha.as_bytes(), b"5"];
                     arguments.extend(keys.iter().map(|key| key.as_bytes()));
-                    arguments.extend([&b"1"[..], b"300", b"18000", b"1500", b"604800", b"80000", key.as_bytes()]);
+                    arguments.extend([&b"1"[..], capacity, b"18000", capacity, b"604800", b"80000", key.as_bytes()]);
                     redis::encode(&arguments, &mut request);
                     sent = due.unwrap_or_else(Stopwatch::start);
                     matches!(redis::call(&mut self.stream, &request, &mut buffer).await?, redis::Reply::Text(_))
@@ -505,8 +592,25 @@ impl Worker {
     }
 }
 
-/// Reads one response (headers and a `Content-Length` body); its status.
-async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<u16, String> {
+/// A POST with a JSON body.
+fn http_request(request: &mut Vec<u8>, path: &str, token: &str, body: &[u8]) {
+    let _ = write!(
+        request,
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    request.extend_from_slice(body);
+}
+
+/// The reservation id in a reserve answer.
+fn reservation_id(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value["reservation"]["id"].as_str().map(str::to_string)
+}
+
+/// Reads one response (headers and a `Content-Length` body); its status,
+/// and its body when `keep`.
+async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>, keep: bool) -> Result<(u16, Vec<u8>), String> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
@@ -532,8 +636,9 @@ async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<u
                 }
                 buffer.extend_from_slice(&chunk[..read]);
             }
+            let body = if keep { buffer[end + 4..total].to_vec() } else { Vec::new() };
             buffer.drain(..total);
-            return Ok(status);
+            return Ok((status, body));
         }
         let read = stream.read(&mut chunk).await.map_err(|error| format!("receiving: {error}"))?;
         if read == 0 {
@@ -585,7 +690,14 @@ impl StartedServer {
         let mut command = std::process::Command::new(executable);
         match target {
             Target::Headroom => {
-                command.args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--data-dir"]).arg(&directory)
+                std::fs::create_dir_all(&directory).map_err(|error| error.to_string())?;
+                let catalog = directory.join("bench-catalog.toml");
+                std::fs::write(&catalog, CATALOG).map_err(|error| error.to_string())?;
+                command
+                    .args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--catalog"])
+                    .arg(&catalog)
+                    .arg("--data-dir")
+                    .arg(directory.join("data"))
             }
             Target::Bare => command.args(["bench-bare-server", "--listen", "127.0.0.1:0"]),
             Target::Redis | Target::RedisFsync => return Err("Redis is started by its own runner".to_string()),
@@ -630,7 +742,7 @@ fn cpu_seconds(pid: u32) -> Result<f64, String> {
 pub fn serve_bare(listen: std::net::SocketAddr) -> Result<(), String> {
     use crate::server::api::{BatchBody, DecisionBody};
     use axum::routing::post;
-    const ANSWER: &str = r#"{"decision_id":"5503ee8b395b5da7e7e0a084ebb49e52","kind":"decide","allowed":true,"reason":"covered_by_windows","subject":"bench-0","feature":"codex.local_task","quantity":1,"price":80000,"sources":[{"kind":"windows","units":1,"credits":0}],"credits_charged":0,"windows":[{"window":"codex-5h","scope":"subject","limit":300,"used":1,"remaining":299,"resets_at":"2026-11-25T11:56:53.815Z"},{"window":"codex-weekly","scope":"subject","limit":1500,"used":1,"remaining":1499,"resets_at":"2026-11-30T00:00:00.000Z"}],"balance":1000000000000000,"credits_short":0,"decided_at":"2026-11-25T06:56:53.815Z"}"#;
+    const ANSWER: &str = r#"{"decision_id":"5503ee8b395b5da7e7e0a084ebb49e52","kind":"decide","allowed":true,"reason":"covered_by_windows","subject":"bench-0","feature":"task","quantity":1,"price":80000,"sources":[{"kind":"windows","units":1,"credits":0}],"credits_charged":0,"windows":[{"window":"5h","scope":"subject","limit":300,"used":1,"remaining":299,"resets_at":"2026-11-25T11:56:53.815Z"},{"window":"weekly","scope":"subject","limit":1500,"used":1,"remaining":1499,"resets_at":"2026-11-30T00:00:00.000Z"}],"balance":1000000000000000,"credits_short":0,"decided_at":"2026-11-25T06:56:53.815Z"}"#;
     let json = |body: String| ([(axum::http::header::CONTENT_TYPE, "application/json")], body);
     let app = axum::Router::new()
         .route(

@@ -69,6 +69,13 @@ enum Action {
         /// Which subjects the requests are for.
         #[arg(long, value_enum, default_value = "hot")]
         distribution: headroom::bench::Distribution,
+        /// The shape of each decision.
+        #[arg(long, value_enum, default_value = "spill")]
+        mix: headroom::bench::Mix,
+        /// Write the bench's catalog to this file and exit: a server given
+        /// with --server must run it (`headroom serve --catalog FILE`).
+        #[arg(long)]
+        write_catalog: Option<PathBuf>,
         /// How many subjects (100 per account).
         #[arg(long, default_value_t = 1_000)]
         subjects: u64,
@@ -300,6 +307,8 @@ fn main() -> ExitCode {
             connections,
             seconds,
             distribution,
+            mix,
+            write_catalog,
             subjects,
             batch,
             rate,
@@ -307,6 +316,15 @@ fn main() -> ExitCode {
             markdown,
             json,
         } => {
+            if let Some(path) = write_catalog {
+                return match std::fs::write(&path, headroom::bench::CATALOG) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("headroom: {}: {error}", path.display());
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             let token = std::env::var("HEADROOM_TOKEN").ok().filter(|token| !token.is_empty());
             let duration = std::time::Duration::from_secs(seconds.max(1));
             let mut reports = Vec::new();
@@ -318,6 +336,7 @@ fn main() -> ExitCode {
                     connections,
                     duration,
                     distribution,
+                    mix,
                     subjects,
                     batch,
                     rate,

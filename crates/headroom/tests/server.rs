@@ -603,6 +603,19 @@ fn the_bench_loads_its_own_server_and_reports() {
         assert!(report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap());
         assert!(report["server_cpu_us_per_decision"].as_f64().unwrap() > 0.0, "{report}");
     }
+    // Every mix runs without errors, reservations as reserve-then-capture pairs.
+    for mix in ["within", "denied", "preview", "reserve"] {
+        let output = Process::new(binary())
+            .args(["bench", "--seconds", "1", "--connections", "2", "--subjects", "10", "--json", "--mix", mix])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{mix}: {}", String::from_utf8_lossy(&output.stderr));
+        let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let report = &run["reports"][0];
+        assert_eq!((report["mix"].as_str(), report["errors"].as_u64()), (Some(mix), Some(0)), "{report}");
+        assert!(report["decisions"].as_u64().unwrap() > 0, "{report}");
+    }
+
     // Open loop: the offered rate is what is sent, on schedule.
     let output = Process::new(binary())
         .args(["bench", "--seconds", "2", "--connections", "4", "--subjects", "10", "--json", "--rate", "400"])
