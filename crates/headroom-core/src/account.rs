@@ -15,7 +15,7 @@ use crate::decision::*;
 use crate::error::CoreError;
 use crate::events::*;
 use crate::ids::{AccountId, FeatureId, IdempotencyKey, PlanId, SubjectId};
-use crate::keys::{KeyTable, Lookup};
+use crate::keys::{KeyTable, Lookup, StoredKey};
 use crate::limits::*;
 use crate::money::Credits;
 use crate::time::{Duration, Timestamp};
@@ -685,6 +685,35 @@ impl AccountState {
             }
             !spent
         });
+    }
+
+    /// Puts back idempotency keys kept outside the state (a database
+    /// table): the operations that follow see them as if never taken out.
+    pub fn restore_keys(&mut self, keys: impl IntoIterator<Item = StoredKey>) {
+        for key in keys {
+            self.keys.restore(key);
+        }
+    }
+
+    /// Takes every remembered key out of the state, for a store that keeps
+    /// keys in a table of their own instead of in the state.
+    pub fn take_keys(&mut self) -> Vec<StoredKey> {
+        self.keys.drain()
+    }
+
+    /// The next time something happens to this account without a request:
+    /// the earliest expiry of an open reservation or of a grant with
+    /// credits left. A store's sweep advances the account then.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let reservation = self.reservation_expiries.first().map(|(expires_at, _)| *expires_at);
+        let grant = self
+            .wallet
+            .grants
+            .iter()
+            .filter(|grant| !grant.available().is_zero() || !grant.held.is_zero())
+            .filter_map(|grant| grant.expires_at)
+            .min();
+        reservation.into_iter().chain(grant).min()
     }
 
     /// What a subject sees: every window of its plan and its account's, and the wallet.

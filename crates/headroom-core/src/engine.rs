@@ -187,6 +187,19 @@ impl Engine {
         events
     }
 
+    /// Moves one account to `now` (expiring its reservations and grants).
+    pub fn advance_account(&mut self, id: &AccountId, now: Timestamp) -> Result<Vec<Event>, CoreError> {
+        let (catalog, account) = self.catalog_and_account(id)?;
+        let mut events = Vec::new();
+        account.advance(catalog, now, &mut events);
+        Ok(events)
+    }
+
+    /// The accounts, for a store that keeps each one elsewhere.
+    pub fn into_accounts(self) -> Vec<AccountState> {
+        self.accounts
+    }
+
     pub fn check_invariants(&self) -> Result<(), String> {
         for account in &self.accounts {
             account.check_invariants(&self.catalog)?;

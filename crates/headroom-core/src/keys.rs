@@ -84,4 +84,38 @@ impl KeyTable {
     pub(crate) fn len(&self) -> usize {
         self.records.len()
     }
+
+    /// Puts back a key that a store kept elsewhere (a database table), so
+    /// that the next operation sees it.
+    pub fn restore(&mut self, stored: StoredKey) {
+        let StoredKey { key, fingerprint, expires_at, answer } = stored;
+        // Keep the expiry queue in order: restored keys arrive in any order.
+        let position = self.expiries.partition_point(|(expiry, _)| *expiry <= expires_at);
+        self.expiries.insert(position, (expires_at, key.clone()));
+        self.records.insert(key, KeyRecord { fingerprint, expires_at, answer });
+    }
+
+    /// Takes every key out, for a store that keeps them elsewhere.
+    pub fn drain(&mut self) -> Vec<StoredKey> {
+        self.expiries.clear();
+        self.records
+            .drain()
+            .map(|(key, record)| StoredKey {
+                key,
+                fingerprint: record.fingerprint,
+                expires_at: record.expires_at,
+                answer: record.answer,
+            })
+            .collect()
+    }
+}
+
+/// A remembered key outside its table: the encoded answer, the request's
+/// fingerprint and when the key may be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key: IdempotencyKey,
+    pub fingerprint: u128,
+    pub expires_at: Timestamp,
+    pub answer: Box<[u8]>,
 }

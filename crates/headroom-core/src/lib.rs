@@ -32,5 +32,6 @@ pub use error::CoreError;
 pub use events::*;
 pub use grant_kind::GrantKind;
 pub use ids::*;
+pub use keys::StoredKey;
 pub use money::Credits;
 pub use time::{Clock, Duration, FakeClock, Timestamp};

@@ -40,6 +40,8 @@ pub enum Command {
     Settle(BalanceUpdate),
     /// Moves every account to now: expires reservations and grants.
     Advance,
+    /// Moves one account to now (a store that sweeps accounts one by one).
+    AdvanceAccount(AccountId),
 }
 
 /// What a command answered, with the events it recorded.
@@ -134,5 +136,8 @@ pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<R
             Ok(Response::Settled { settlement, events })
         }
         Command::Advance => Ok(Response::Done { events: engine.advance_all(now) }),
+        Command::AdvanceAccount(account) => {
+            engine.advance_account(account, now).map(|events| Response::Done { events }).map_err(core)
+        }
     }
 }

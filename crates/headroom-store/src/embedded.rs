@@ -110,7 +110,7 @@ pub struct CommitSizes {
 }
 
 impl CommitStats {
-    fn record(&self, commands: usize) {
+    pub(crate) fn record(&self, commands: usize) {
         let index = (commands.max(1).next_power_of_two().ilog2() as usize).min(COMMIT_BUCKETS - 1);
         self.buckets[index].fetch_add(1, Ordering::Relaxed);
         self.commits.fetch_add(1, Ordering::Relaxed);

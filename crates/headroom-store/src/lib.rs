@@ -12,6 +12,7 @@ mod embedded;
 pub mod ledger;
 pub mod log;
 mod memory;
+pub mod postgres;
 pub mod reconcile;
 mod settlement;
 pub mod snapshot;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub use command::{Command, Refusal, Response, apply};
 pub use embedded::{CATALOG_FILE, CommitSizes, EmbeddedStore, SettlementLag, StoreConfig};
 pub use memory::{Faults, MemoryStore};
+pub use postgres::{PostgresConfig, PostgresStore};
 
 use headroom_core::{Clock, Engine, Timestamp};
 

@@ -37,13 +37,29 @@ pub struct ReconcileReport {
     pub unsettled_updates: u64,
     pub corrections: u64,
     pub snapshot_checked: Option<u64>,
+    /// Whether a command log was replayed (the embedded store), or only
+    /// stored records were read (PostgreSQL).
+    pub from_log: bool,
     pub discrepancies: Vec<String>,
+}
+
+impl ReconcileReport {
+    /// Keeps the first discrepancies one by one and counts the rest.
+    pub fn set_discrepancies(&mut self, problems: Vec<String>) {
+        let total = problems.len();
+        self.discrepancies = problems.into_iter().take(DISCREPANCIES_LISTED_MAX).collect();
+        if total > DISCREPANCIES_LISTED_MAX {
+            self.discrepancies.push(format!("… and {} more", total - DISCREPANCIES_LISTED_MAX));
+        }
+    }
 }
 
 impl std::fmt::Display for ReconcileReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "batches            {}", self.batches)?;
-        writeln!(f, "commands           {}", self.commands)?;
+        if self.from_log {
+            writeln!(f, "batches            {}", self.batches)?;
+            writeln!(f, "commands           {}", self.commands)?;
+        }
         writeln!(f, "accounts           {}", self.accounts)?;
         writeln!(f, "usage events       {}", self.usage_events)?;
         writeln!(f, "monetization events {}", self.monetization_events)?;
@@ -55,7 +71,8 @@ impl std::fmt::Display for ReconcileReport {
         writeln!(f, "corrections        {}", self.corrections)?;
         match self.snapshot_checked {
             Some(batch) => writeln!(f, "snapshot           batch {batch} matches the replayed log")?,
-            None => writeln!(f, "snapshot           none")?,
+            None if self.from_log => writeln!(f, "snapshot           none")?,
+            None => {}
         }
         if self.discrepancies.is_empty() {
             writeln!(f, "discrepancies      none")
@@ -95,7 +112,7 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
     })?;
     let snapshot = newest_snapshot(directory)?;
     let mut engine = Engine::new(Arc::new(catalog));
-    let mut report = ReconcileReport::default();
+    let mut report = ReconcileReport { from_log: true, ..ReconcileReport::default() };
     let mut problems = Vec::new();
     let mut audit = EventAudit::new();
     let mut updates: HashMap<EventId, BalanceUpdate> = HashMap::new();
@@ -201,10 +218,6 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
     report.balance_updates = audit.balance_updates;
     report.corrections = audit.corrections;
     report.settled_updates = settled.len() as u64;
-    let total = problems.len();
-    report.discrepancies = problems.into_iter().take(DISCREPANCIES_LISTED_MAX).collect();
-    if total > DISCREPANCIES_LISTED_MAX {
-        report.discrepancies.push(format!("… and {} more", total - DISCREPANCIES_LISTED_MAX));
-    }
+    report.set_discrepancies(problems);
     Ok(report)
 }

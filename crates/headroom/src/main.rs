@@ -33,8 +33,17 @@ enum Action {
         #[arg(long, env = "HEADROOM_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Where decisions, events and the ledger are kept (made if missing).
+        /// With --store, only this node's tokens are kept here.
         #[arg(long, env = "HEADROOM_DATA_DIR", default_value = "headroom-data")]
         data_dir: PathBuf,
+        /// Keep the state in PostgreSQL instead (`postgres://user:password@host:port/database`),
+        /// so that several nodes can serve the same accounts. The schema is
+        /// made or migrated on start.
+        #[arg(long, env = "HEADROOM_STORE")]
+        store: Option<String>,
+        /// With --store: connections that run transactions.
+        #[arg(long, env = "HEADROOM_POSTGRES_CONNECTIONS", default_value_t = 8)]
+        postgres_connections: usize,
         /// The catalog (features, plans, windows) in TOML; default: the demo
         /// catalog compiled in (examples/catalog.toml). A data directory keeps
         /// the catalog it was started with.
@@ -140,13 +149,17 @@ enum Action {
         #[arg(long)]
         twin: bool,
     },
-    /// Cross-check a data directory against every invariant: the three
-    /// datasets, their links, settlement and the balances. Reads only; works
-    /// on a live or a stopped data directory. Exits 1 on any discrepancy.
+    /// Cross-check a data directory (or, with --store, a PostgreSQL
+    /// database) against every invariant: the three datasets, their links,
+    /// settlement and the balances. Reads only; works on a live or a stopped
+    /// store. Exits 1 on any discrepancy.
     Reconcile {
         /// The data directory to check.
         #[arg(long, default_value = "headroom-data")]
         data_dir: PathBuf,
+        /// A PostgreSQL URL: check that database instead, in one consistent snapshot.
+        #[arg(long, env = "HEADROOM_STORE")]
+        store: Option<String>,
     },
     /// Runs a deterministic workload against an embedded store and prints
     /// each acknowledged operation; the crash test kills it at random.
@@ -278,9 +291,18 @@ fn print_call(result: Result<String, ClientError>) -> ExitCode {
 
 fn main() -> ExitCode {
     match Command::parse().action {
-        Action::Serve { listen, data_dir, catalog, log_format, no_demo } => {
+        Action::Serve { listen, data_dir, store, postgres_connections, catalog, log_format, no_demo } => {
             let admin_token = std::env::var("HEADROOM_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
-            let config = ServeConfig { listen, data_dir, catalog, log_format, demo: !no_demo, admin_token };
+            let config = ServeConfig {
+                listen,
+                data_dir,
+                store,
+                postgres_connections,
+                catalog,
+                log_format,
+                demo: !no_demo,
+                admin_token,
+            };
             match server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -411,7 +433,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Action::Reconcile { data_dir } => match headroom_store::reconcile::reconcile(&data_dir) {
+        Action::Reconcile { data_dir, store } => match match &store {
+            Some(url) => headroom_store::postgres::reconcile(url),
+            None => headroom_store::reconcile::reconcile(&data_dir),
+        } {
             Ok(report) => {
                 print!("{report}");
                 if report.discrepancies.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }

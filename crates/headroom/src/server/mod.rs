@@ -1,12 +1,13 @@
-//! `headroom serve`: the HTTP API over the embedded store.
+//! `headroom serve`: the HTTP API over the embedded store or PostgreSQL.
 //!
 //! A request is parsed and checked on a tokio worker, becomes one
-//! [`Command`], and is handed to the store, whose engine thread applies it
-//! and whose writer makes it durable (group commit) before the answer comes
-//! back through a oneshot channel. Handlers never block on the disk.
+//! [`Command`], and is handed to the store (see [`backend`]), which makes
+//! it durable (group commit) before the answer comes back through a
+//! oneshot channel. Handlers never block on the disk or the database.
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod error;
 pub mod metrics;
@@ -18,9 +19,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use headroom_core::*;
-use headroom_store::{Command, EmbeddedStore, Response, Store, StoreConfig, StoreError, SystemClock};
+use headroom_store::{
+    Command, EmbeddedStore, PostgresConfig, PostgresStore, Response, Store, StoreConfig, StoreError, SystemClock,
+};
 
 use auth::{AdminToken, Tokens};
+use backend::Backend;
 use metrics::Metrics;
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
@@ -40,6 +44,11 @@ pub enum LogFormat {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL: keep the state there instead of in `data_dir`
+    /// (which then holds only this node's tokens).
+    pub store: Option<String>,
+    /// Connections to PostgreSQL that run transactions.
+    pub postgres_connections: usize,
     /// `None`: the demo catalog compiled in.
     pub catalog: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -51,35 +60,15 @@ pub struct ServeConfig {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<EmbeddedStore>,
+    pub store: Backend,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
-    pub data_dir: Arc<PathBuf>,
 }
 
 impl AppState {
     /// Runs a command; resolves once it is durable (or refused).
     pub async fn execute(&self, command: Command) -> Result<Response, StoreError> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.store.submit(
-            command,
-            Box::new(move |result| {
-                let _ = sender.send(result);
-            }),
-        );
-        receiver.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
-    }
-
-    /// Reads the engine's state, in order with the commands.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Engine) -> T + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.store.read(read, move |answer| {
-            let _ = sender.send(answer);
-        });
-        receiver.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the store stopped".to_string())))
+        self.store.execute(command).await
     }
 }
 
@@ -99,10 +88,24 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         }
         None => Catalog::demo(),
     };
-    let store_config = StoreConfig { refuse_when_busy: true, ..StoreConfig::new(&config.data_dir) };
-    let store = EmbeddedStore::open(store_config, Arc::new(catalog), Arc::new(SystemClock))
-        .map_err(|error| error.to_string())?;
-    let store = Arc::new(store);
+    let catalog = Arc::new(catalog);
+    let store = match &config.store {
+        None => {
+            let store_config = StoreConfig { refuse_when_busy: true, ..StoreConfig::new(&config.data_dir) };
+            let store =
+                EmbeddedStore::open(store_config, catalog, Arc::new(SystemClock)).map_err(|error| error.to_string())?;
+            Backend::Embedded { store: Arc::new(store), data_dir: Arc::new(config.data_dir.clone()) }
+        }
+        Some(url) => {
+            let postgres_config =
+                PostgresConfig { connections: config.postgres_connections.max(1), ..PostgresConfig::new(url) };
+            let store = PostgresStore::open(postgres_config, catalog)
+                .map_err(|error| format!("cannot open the PostgreSQL store: {error}"))?;
+            Backend::Postgres(Arc::new(store))
+        }
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| format!("cannot create {}: {error}", config.data_dir.display()))?;
     let (tokens, admin) = Tokens::open(&config.data_dir, config.admin_token.as_deref())?;
     if let AdminToken::Generated(token) = &admin {
         let path = config.data_dir.join(auth::ADMIN_TOKEN_FILE);
@@ -119,14 +122,20 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         }
     }
     if config.demo {
-        create_demo(&store)?;
+        match &store {
+            Backend::Embedded { store, .. } => create_demo(store.as_ref(), |store| {
+                store.query(|engine| {
+                    let demo = engine.account(&AccountId::new(DEMO_ACCOUNT).expect("a valid id"));
+                    (engine.accounts().count() as u64, demo.is_some_and(demo_complete))
+                })
+            })?,
+            Backend::Postgres(store) => create_demo(store.as_ref(), |store| {
+                let demo = store.account(&AccountId::new(DEMO_ACCOUNT).expect("a valid id"))?;
+                Ok((store.account_count()?, demo.as_ref().is_some_and(demo_complete)))
+            })?,
+        }
     }
-    let state = AppState {
-        store: store.clone(),
-        tokens: Arc::new(tokens),
-        metrics: Arc::new(Metrics::default()),
-        data_dir: Arc::new(config.data_dir.clone()),
-    };
+    let state = AppState { store: store.clone(), tokens: Arc::new(tokens), metrics: Arc::new(Metrics::default()) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("headroom-http")
@@ -137,10 +146,12 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             .await
             .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
         let address = listener.local_addr().map_err(|error| error.to_string())?;
-        tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
+        let backend = if config.store.is_some() { "postgres" } else { "embedded" };
+        tracing::info!(%address, data_dir = %config.data_dir.display(), store = backend, "listening");
         // A plain line for people and scripts: where to send requests.
         println!("headroom listening on http://{address}");
         let advance = tokio::spawn(advance_periodically(state.clone()));
+
         let app = routes::router(state.clone());
         let (stopping, stopped) = tokio::sync::oneshot::channel();
         let signalled = async move {
@@ -185,20 +196,18 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// Whether the demo account has its subject and its credits.
+fn demo_complete(account: &AccountState) -> bool {
+    account.subjects().any(|subject| subject.as_str() == DEMO_SUBJECT)
+        && account.wallet().grant_index(&GrantId::new("demo-credits").expect("a valid id")).is_some()
+}
+
 /// On the first start (no accounts), the demo account with one subject and
 /// some purchased credits. A first start that stopped between the steps (a
 /// crash) is completed on the next start: every step is idempotent.
-fn create_demo(store: &EmbeddedStore) -> Result<(), String> {
-    let (accounts, demo_done) = store
-        .query(|engine| {
-            let demo = engine.account(&AccountId::new(DEMO_ACCOUNT).expect("a valid id"));
-            let done = demo.is_some_and(|account| {
-                account.subjects().any(|subject| subject.as_str() == DEMO_SUBJECT)
-                    && account.wallet().grant_index(&GrantId::new("demo-credits").expect("a valid id")).is_some()
-            });
-            (engine.accounts().count(), done)
-        })
-        .map_err(|error| error.to_string())?;
+/// `survey` tells how many accounts there are and whether the demo is complete.
+fn create_demo<S: Store>(store: &S, survey: impl FnOnce(&S) -> Result<(u64, bool), StoreError>) -> Result<(), String> {
+    let (accounts, demo_done) = survey(store).map_err(|error| error.to_string())?;
     let halfway = accounts == 1 && !demo_done;
     if !(accounts == 0 || halfway) {
         return Ok(());
@@ -241,6 +250,9 @@ fn create_demo(store: &EmbeddedStore) -> Result<(), String> {
 }
 
 async fn advance_periodically(state: AppState) {
+    if state.store.advances_itself() {
+        return;
+    }
     let mut interval = tokio::time::interval(ADVANCE_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

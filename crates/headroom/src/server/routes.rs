@@ -25,7 +25,7 @@ use super::api::*;
 use super::auth::{Principal, TokenKind};
 use super::body::Json;
 use super::error::{ApiError, ErrorBody};
-use super::metrics::{Stopwatch, StoreFigures};
+use super::metrics::Stopwatch;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -226,12 +226,8 @@ async fn within_scope(
     let Some(scope) = principal.account_scope().cloned() else {
         return Ok(vec![true; subjects.len()]);
     };
-    let within = state
-        .read(move |engine| {
-            subjects.iter().map(|subject| engine.account_of(subject).is_ok_and(|account| *account == scope)).collect()
-        })
-        .await?;
-    Ok(within)
+    let accounts = state.store.accounts_of(subjects).await?;
+    Ok(accounts.into_iter().map(|account| account.is_some_and(|account| account == scope)).collect())
 }
 
 fn unknown_subject(subject: &SubjectId) -> ApiError {
@@ -373,7 +369,6 @@ async fn decide_batch(
 
 impl AppState {
     fn store_submit(&self, command: Command, sender: tokio::sync::oneshot::Sender<Result<StoreResponse, StoreError>>) {
-        use headroom_store::Store;
         self.store.submit(
             command,
             Box::new(move |result| {
@@ -483,14 +478,15 @@ async fn subject_usage(
         return Err(ApiError::forbidden("a subject token may only read its own usage"));
     }
     let now = headroom_core::Clock::now(&SystemClock);
+    let Some(account) = state.store.accounts_of(vec![subject.clone()]).await?.pop().flatten() else {
+        return Err(unknown_subject(&subject));
+    };
     let wanted = subject.clone();
-    let (account, usage) = state
-        .read(move |engine| -> Result<_, CoreError> {
-            let account = engine.account_of(&wanted)?.clone();
-            let state = engine.account(&account).expect("the subject index points at accounts");
-            Ok((account, state.usage(engine.catalog(), &wanted, now)?))
-        })
-        .await??;
+    let usage = state
+        .store
+        .with_account(account.clone(), move |catalog, state| state.usage(catalog, &wanted, now))
+        .await?
+        .ok_or_else(|| unknown_subject(&subject))??;
     if principal.account_scope().is_some_and(|scope| *scope != account) {
         return Err(unknown_subject(&subject));
     }
@@ -505,7 +501,8 @@ async fn read_account(state: &AppState, account: AccountId) -> Result<AccountVie
     let now = headroom_core::Clock::now(&SystemClock);
     let wanted = account.clone();
     state
-        .read(move |engine| engine.account(&wanted).map(|state| account_view(state, now)))
+        .store
+        .with_account(wanted, move |_, state| account_view(state, now))
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_account", format!("unknown account {account}")))
 }
@@ -654,17 +651,8 @@ async fn ledger(
         1..=headroom_store::ledger::LEDGER_PAGE_ENTRIES_MAX as u64,
     )?;
     read_account(&state, account.clone()).await?;
-    let directory = state.data_dir.clone();
-    let durable = state.store.durable_batch();
     let after = bounded("after", i128::from(query.after.unwrap_or(0)), 0..=i64::MAX as u64)?;
-    let page = tokio::task::spawn_blocking(move || {
-        headroom_store::ledger::read(&directory, &account, after, limit as usize, durable)
-    })
-    .await
-    .map_err(|error| {
-        tracing::error!(%error, "reading the ledger panicked");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-    })??;
+    let page = state.store.ledger(account, after, limit as usize).await?;
     Ok(json(StatusCode::OK, &ledger_view(&page)))
 }
 
@@ -704,8 +692,9 @@ async fn create_token(
                 .as_deref()
                 .ok_or_else(|| ApiError::invalid("subject", "is required for a subject token"))?;
             let subject = id_field("subject", subject, SubjectId::new)?;
-            let wanted = subject.clone();
-            let account = state.read(move |engine| engine.account_of(&wanted).cloned()).await??;
+            let Some(account) = state.store.accounts_of(vec![subject.clone()]).await?.pop().flatten() else {
+                return Err(unknown_subject(&subject));
+            };
             (TokenKind::Subject, Some(subject), Some(account))
         }
         other => return Err(ApiError::invalid("kind", format!("{other:?} is not one of service, subject"))),
@@ -741,28 +730,16 @@ async fn healthz() -> Response {
     responses((status = 200, description = "Ready", body = Status), (status = 503, description = "Storage failed", body = Status))
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.store.has_failed() {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &Status { status: "storage failed; restart to recover from the log".to_string() },
-        )
-    } else {
-        json(StatusCode::OK, &Status { status: "ok".to_string() })
+    match state.store.unready().await {
+        Some(reason) => json(StatusCode::SERVICE_UNAVAILABLE, &Status { status: reason }),
+        None => json(StatusCode::OK, &Status { status: "ok".to_string() }),
     }
 }
 
 /// Prometheus metrics in the text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", body = String, content_type = "text/plain"), (status = 503, description = "Storage is unavailable", body = ErrorBody)))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let unsettled_updates = state.read(|engine| engine.accounts().map(AccountState::unsettled).sum::<u64>()).await?;
-    let sizes = state.store.commit_sizes();
-    let figures = StoreFigures {
-        unsettled_updates,
-        lag_batches: state.store.settlement_batches_behind(),
-        commit_sizes: sizes.buckets,
-        commits: sizes.commits,
-        committed_commands: sizes.commands,
-    };
+    let figures = state.store.figures().await?;
     let mut response = state.metrics.render(&figures).into_response();
     response
         .headers_mut()

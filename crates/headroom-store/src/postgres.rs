@@ -1,0 +1,1308 @@
+//! The PostgreSQL store: many stateless `headroom serve` nodes over one
+//! database, with the same pure core and the same guarantees as the
+//! embedded store.
+//!
+//! Each account is one row holding its state (the core's `AccountState`,
+//! encoded). A transaction locks the rows of the accounts it touches
+//! (`SELECT … FOR UPDATE`, in id order, so that two nodes never deadlock),
+//! lets the core apply every waiting command to them, then writes the new
+//! states, the idempotency keys and the three datasets, and commits. Only
+//! then are the commands answered: a decision is acknowledged once its
+//! transaction committed. No decision logic lives in SQL.
+//!
+//! **Group commit.** Commands wait per account in a queue. A worker (one
+//! connection each) takes every command waiting for up to
+//! [`ACCOUNTS_PER_TRANSACTION_MAX`] accounts and runs them in one
+//! transaction, so a hot account pays one row lock and one commit for a
+//! whole batch, and many quiet accounts share one commit.
+//!
+//! **Time.** One clock decides: the database's (`clock_timestamp()`), read in
+//! the transaction; the core never lets an account's time run backwards.
+//!
+//! **Background work.** Every node runs a sweeper that finds accounts with
+//! unsettled balance updates and accounts whose next reservation or grant
+//! expiry has passed, and queues their settlement or advance. Two nodes may
+//! queue the same account: the row lock serializes them, and both
+//! settlement (`settled_through`) and advancing are idempotent in the core,
+//! so nothing changes money twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration as StdDuration;
+
+use headroom_core::invariants::EventAudit;
+use headroom_core::*;
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Transaction};
+
+use crate::command::{Command, Refusal, Response, apply};
+use crate::embedded::{CommitSizes, CommitStats, REQUEST_QUEUE_DEPTH};
+use crate::ledger::{LEDGER_PAGE_ENTRIES_MAX, LedgerEntry, LedgerPage};
+use crate::reconcile::ReconcileReport;
+use crate::{Reply, StoreError};
+
+/// Most accounts locked by one transaction.
+pub const ACCOUNTS_PER_TRANSACTION_MAX: usize = 64;
+/// Most commands of one account in one transaction.
+pub const COMMANDS_PER_ACCOUNT_MAX: usize = 1_024;
+/// Attempts of one transaction that lost a race (serialization failure,
+/// deadlock, a unique key another node took first) before giving up.
+const ATTEMPTS_MAX: usize = 8;
+/// Balance updates settled per account in one transaction.
+const SETTLE_PER_TRANSACTION_MAX: i64 = 4_096;
+/// Accounts the sweeper queues per round, for settlement and for advancing.
+const SWEEP_ACCOUNTS_MAX: i64 = 1_000;
+/// Expired idempotency keys deleted per statement, about once a minute.
+const KEY_CLEANUP_ROWS_MAX: i64 = 10_000;
+const KEY_CLEANUP_EVERY: StdDuration = StdDuration::from_secs(60);
+/// How long connecting may take before the database counts as unreachable.
+const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+/// A session-level advisory lock held while migrating, so that nodes
+/// starting together migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x6865_6164_726f_6f6d; // "headroom"
+
+/// The schema, in order; each applied once, recorded in `headroom_migrations`.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/0001_schema.sql"))];
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// A libpq-style URL: `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Connections that run transactions (one worker each).
+    pub connections: usize,
+    /// How often the sweeper looks for settlement and expiry work.
+    pub sweep_every: StdDuration,
+    /// Refuse a command at once when this many wait (backpressure), instead of queueing it.
+    pub queue_depth_max: usize,
+}
+
+impl PostgresConfig {
+    pub fn new(url: impl Into<String>) -> PostgresConfig {
+        PostgresConfig {
+            url: url.into(),
+            connections: 8,
+            sweep_every: StdDuration::from_millis(200),
+            queue_depth_max: REQUEST_QUEUE_DEPTH,
+        }
+    }
+}
+
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Shared {
+    config: PostgresConfig,
+    catalog: Arc<Catalog>,
+    queue: Mutex<Queue>,
+    work: Condvar,
+    /// Subjects never move between accounts: once known, cached for good.
+    subjects: RwLock<HashMap<SubjectId, AccountId>>,
+    readers: Mutex<Vec<Client>>,
+    stats: CommitStats,
+    closed: AtomicBool,
+    sweeper: (Mutex<bool>, Condvar),
+}
+
+#[derive(Default)]
+struct Queue {
+    accounts: HashMap<AccountId, Pending>,
+    /// Accounts with work and no transaction in flight, oldest first.
+    ready: VecDeque<AccountId>,
+    /// Commands whose subject's account is not known yet.
+    unresolved: Vec<(Command, Reply)>,
+    waiting: usize,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: Vec<(Command, Reply)>,
+    settle: bool,
+    advance: bool,
+    in_flight: bool,
+    queued: bool,
+}
+
+impl Pending {
+    fn has_work(&self) -> bool {
+        !self.jobs.is_empty() || self.settle || self.advance
+    }
+}
+
+/// One account's share of a transaction.
+struct Work {
+    account: AccountId,
+    jobs: Vec<(Command, Reply)>,
+    settle: bool,
+    advance: bool,
+}
+
+enum Task {
+    Resolve(Vec<(Command, Reply)>),
+    Transaction(Vec<Work>),
+}
+
+impl Queue {
+    fn push(&mut self, account: AccountId, add: impl FnOnce(&mut Pending)) {
+        let pending = self.accounts.entry(account.clone()).or_default();
+        add(pending);
+        if !pending.in_flight && !pending.queued && pending.has_work() {
+            pending.queued = true;
+            self.ready.push_back(account);
+        }
+    }
+
+    fn take(&mut self) -> Option<Task> {
+        if !self.unresolved.is_empty() {
+            let jobs = std::mem::take(&mut self.unresolved);
+            self.waiting -= jobs.len();
+            return Some(Task::Resolve(jobs));
+        }
+        let mut works = Vec::new();
+        while works.len() < ACCOUNTS_PER_TRANSACTION_MAX {
+            let Some(account) = self.ready.pop_front() else { break };
+            let pending = self.accounts.get_mut(&account).expect("a ready account is pending");
+            pending.queued = false;
+            pending.in_flight = true;
+            let take = pending.jobs.len().min(COMMANDS_PER_ACCOUNT_MAX);
+            let jobs: Vec<_> = pending.jobs.drain(..take).collect();
+            self.waiting -= jobs.len();
+            works.push(Work {
+                account,
+                jobs,
+                settle: std::mem::take(&mut pending.settle),
+                advance: std::mem::take(&mut pending.advance),
+            });
+        }
+        (!works.is_empty()).then_some(Task::Transaction(works))
+    }
+
+    fn finished(&mut self, accounts: impl Iterator<Item = AccountId>) {
+        for account in accounts {
+            let pending = self.accounts.get_mut(&account).expect("an account in flight is pending");
+            pending.in_flight = false;
+            if pending.has_work() {
+                pending.queued = true;
+                self.ready.push_back(account);
+            } else {
+                self.accounts.remove(&account);
+            }
+        }
+    }
+}
+
+fn unavailable(error: &postgres::Error) -> StoreError {
+    StoreError::Unavailable(format!("the database: {error}"))
+}
+
+fn corrupt(what: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("the database holds an unreadable {what}: {reason}"))
+}
+
+fn connect(url: &str) -> Result<Client, StoreError> {
+    let mut config: postgres::Config =
+        url.parse().map_err(|error| StoreError::Unavailable(format!("the database URL: {error}")))?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.keepalives(true);
+    config.application_name("headroom");
+    config.connect(NoTls).map_err(|error| unavailable(&error))
+}
+
+/// Whether a transaction failed only because it lost a race with another
+/// transaction: running it again from the start is safe and may succeed.
+fn lost_race(error: &postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::T_R_DEADLOCK_DETECTED | &SqlState::UNIQUE_VIOLATION)
+    )
+}
+
+impl PostgresStore {
+    /// Connects, applies the schema's migrations (one node at a time),
+    /// records the catalog or refuses another one, and starts the workers
+    /// and the sweeper.
+    pub fn open(config: PostgresConfig, catalog: Arc<Catalog>) -> Result<PostgresStore, StoreError> {
+        let mut client = connect(&config.url)?;
+        migrate(&mut client, &catalog)?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            catalog,
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            subjects: RwLock::new(HashMap::new()),
+            readers: Mutex::new(vec![client]),
+            stats: CommitStats::default(),
+            closed: AtomicBool::new(false),
+            sweeper: (Mutex::new(false), Condvar::new()),
+        });
+        let mut threads = Vec::new();
+        for index in 0..config.connections.max(1) {
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("headroom-pg-{index}"))
+                .spawn(move || worker(&shared))
+                .map_err(|error| StoreError::Unavailable(format!("starting a worker: {error}")))?;
+            threads.push(thread);
+        }
+        let sweeper_shared = shared.clone();
+        let sweeper = std::thread::Builder::new()
+            .name("headroom-pg-sweep".to_string())
+            .spawn(move || sweep(&sweeper_shared))
+            .map_err(|error| StoreError::Unavailable(format!("starting the sweeper: {error}")))?;
+        threads.push(sweeper);
+        Ok(PostgresStore { shared, threads: Mutex::new(threads) })
+    }
+
+    /// Answers what is queued, then stops the workers and the sweeper.
+    pub fn close(&self) {
+        {
+            let mut queue = self.shared.queue.lock().expect("not poisoned");
+            queue.closed = true;
+        }
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.work.notify_all();
+        {
+            let (stop, wake) = &self.shared.sweeper;
+            *stop.lock().expect("not poisoned") = true;
+            wake.notify_all();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().expect("not poisoned"));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.shared.catalog
+    }
+
+    pub fn commit_sizes(&self) -> CommitSizes {
+        self.shared.stats.read()
+    }
+
+    /// The accounts of `subjects`, `None` for a subject no account has.
+    pub fn accounts_of(&self, subjects: &[SubjectId]) -> Result<Vec<Option<AccountId>>, StoreError> {
+        let known = {
+            let cache = self.shared.subjects.read().expect("not poisoned");
+            subjects.iter().map(|subject| cache.get(subject).cloned()).collect::<Vec<_>>()
+        };
+        if known.iter().all(Option::is_some) {
+            return Ok(known);
+        }
+        let missing: Vec<&str> = subjects
+            .iter()
+            .zip(&known)
+            .filter(|(_, known)| known.is_none())
+            .map(|(subject, _)| subject.as_str())
+            .collect();
+        let found = self.shared.read(|client| lookup_subjects(client, &missing))?;
+        Ok(subjects.iter().zip(known).map(|(subject, known)| known.or_else(|| found.get(subject).cloned())).collect())
+    }
+
+    /// An account's committed state, as of now.
+    pub fn account(&self, account: &AccountId) -> Result<Option<AccountState>, StoreError> {
+        self.shared.read(|client| {
+            let row = client
+                .query_opt("SELECT state FROM accounts WHERE id = $1", &[&account.as_str()])
+                .map_err(|error| unavailable(&error))?;
+            row.map(|row| decode_state(row.get(0))).transpose()
+        })
+    }
+
+    /// Whether the database answers.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.shared.read(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(|error| unavailable(&error)))
+    }
+
+    /// How many accounts there are.
+    pub fn account_count(&self) -> Result<u64, StoreError> {
+        self.shared.read(|client| {
+            let row = client.query_one("SELECT count(*) FROM accounts", &[]).map_err(|error| unavailable(&error))?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    /// Balance updates decided but not settled yet, over every account.
+    pub fn unsettled_updates(&self) -> Result<u64, StoreError> {
+        self.shared.read(|client| {
+            let row = client
+                .query_one("SELECT count(*) FROM balance_updates WHERE NOT settled", &[])
+                .map_err(|error| unavailable(&error))?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    /// Waits until every balance update is settled, or `timeout`.
+    pub fn wait_settled(&self, timeout: StdDuration) -> Result<u64, StoreError> {
+        let every = self.shared.config.sweep_every.max(StdDuration::from_millis(1));
+        let mut checks = timeout.as_millis() / every.as_millis() + 1;
+        loop {
+            let unsettled = self.unsettled_updates()?;
+            checks -= 1;
+            if unsettled == 0 || checks == 0 {
+                return Ok(unsettled);
+            }
+            std::thread::sleep(every);
+        }
+    }
+
+    /// One page of an account's ledger: balance updates in sequence order,
+    /// each with the monetization and usage events that explain it.
+    pub fn ledger(&self, account: &AccountId, after: u64, limit: usize) -> Result<LedgerPage, StoreError> {
+        let limit = limit.clamp(1, LEDGER_PAGE_ENTRIES_MAX);
+        self.shared.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT b.body, b.settled, m.body, u.body, c.body
+                     FROM balance_updates b
+                     LEFT JOIN monetization_events m ON m.id = b.monetization_id
+                     LEFT JOIN usage_events u ON u.id = m.usage_id
+                     LEFT JOIN corrections c ON c.update_id = b.id
+                     WHERE b.account = $1 AND b.sequence > $2
+                     ORDER BY b.sequence LIMIT $3",
+                    &[&account.as_str(), &(after.min(i64::MAX as u64) as i64), &(limit as i64 + 1)],
+                )
+                .map_err(|error| unavailable(&error))?;
+            let mut entries = Vec::with_capacity(rows.len());
+            for row in &rows {
+                entries.push(LedgerEntry {
+                    update: decode(row.get(0), "balance update")?,
+                    settled: row.get(1),
+                    monetization: row
+                        .get::<_, Option<&[u8]>>(2)
+                        .map(|body| decode(body, "monetization event"))
+                        .transpose()?,
+                    usage: row.get::<_, Option<&[u8]>>(3).map(|body| decode(body, "usage event")).transpose()?,
+                    correction: row.get::<_, Option<&[u8]>>(4).map(|body| decode(body, "correction")).transpose()?,
+                });
+            }
+            let next = if entries.len() > limit {
+                entries.truncate(limit);
+                entries.last().map(|entry| entry.update.sequence)
+            } else {
+                None
+            };
+            Ok(LedgerPage { entries, next })
+        })
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Shared {
+    /// Runs `read` on a pooled reading connection; a connection that failed is dropped.
+    fn read<T>(&self, read: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().expect("not poisoned").pop();
+        let mut client = match pooled {
+            Some(client) if !client.is_closed() => client,
+            _ => connect(&self.config.url)?,
+        };
+        let result = read(&mut client);
+        if result.is_ok() {
+            self.readers.lock().expect("not poisoned").push(client);
+        }
+        result
+    }
+
+    fn enqueue(&self, account: AccountId, add: impl FnOnce(&mut Pending)) {
+        self.queue.lock().expect("not poisoned").push(account, add);
+        self.work.notify_one();
+    }
+}
+
+impl crate::Store for PostgresStore {
+    fn submit(&self, command: Command, reply: Reply) {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return reply(Err(StoreError::Unavailable("the store is closed".to_string())));
+        }
+        let account = match &command {
+            Command::OpenAccount { account, .. }
+            | Command::SetPlan { account, .. }
+            | Command::PutSubject { account, .. }
+            | Command::Capture { account, .. }
+            | Command::Release { account, .. }
+            | Command::AddGrant { account, .. }
+            | Command::AdvanceAccount(account) => Some(account.clone()),
+            Command::Settle(update) => Some(update.account.clone()),
+            Command::Decide(DecisionRequest { subject, .. }) | Command::Reserve(ReserveRequest { subject, .. }) => {
+                self.shared.subjects.read().expect("not poisoned").get(subject).cloned()
+            }
+            Command::Advance => {
+                return reply(Err(StoreError::Unavailable(
+                    "the PostgreSQL store advances accounts by itself, one at a time".to_string(),
+                )));
+            }
+        };
+        let mut queue = self.shared.queue.lock().expect("not poisoned");
+        if queue.closed {
+            drop(queue);
+            return reply(Err(StoreError::Unavailable("the store is closed".to_string())));
+        }
+        if queue.waiting >= self.shared.config.queue_depth_max {
+            drop(queue);
+            return reply(Err(StoreError::Unavailable("too many commands are waiting; retry later".to_string())));
+        }
+        queue.waiting += 1;
+        match account {
+            Some(account) => queue.push(account, |pending| pending.jobs.push((command, reply))),
+            None => queue.unresolved.push((command, reply)),
+        }
+        drop(queue);
+        self.shared.work.notify_one();
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        _read: impl FnOnce(&Engine) -> T + Send + 'static,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) {
+        answer(Err(StoreError::Unavailable(
+            "the PostgreSQL store holds no engine in memory; read one account at a time".to_string(),
+        )))
+    }
+}
+
+// ----- Workers -----
+
+fn worker(shared: &Shared) {
+    let mut client: Option<Client> = None;
+    loop {
+        let task = {
+            let mut queue = shared.queue.lock().expect("not poisoned");
+            loop {
+                if let Some(task) = queue.take() {
+                    break task;
+                }
+                if queue.closed {
+                    return;
+                }
+                queue = shared.work.wait(queue).expect("not poisoned");
+            }
+        };
+        if client.as_ref().is_some_and(Client::is_closed) {
+            client = None;
+        }
+        let connected = match client.take() {
+            Some(existing) => Ok(existing),
+            None => connect(&shared.config.url),
+        };
+        match task {
+            Task::Resolve(jobs) => match connected {
+                Ok(mut connected) => {
+                    if resolve(shared, &mut connected, jobs) {
+                        client = Some(connected);
+                    }
+                }
+                Err(error) => {
+                    for (_, reply) in jobs {
+                        reply(Err(error.clone()));
+                    }
+                }
+            },
+            Task::Transaction(works) => {
+                let accounts: Vec<AccountId> = works.iter().map(|work| work.account.clone()).collect();
+                let replies = match connected {
+                    Ok(mut connected) => {
+                        let (replies, healthy) = run(shared, &mut connected, works);
+                        if healthy {
+                            client = Some(connected);
+                        }
+                        replies
+                    }
+                    Err(error) => works
+                        .into_iter()
+                        .flat_map(|work| work.jobs)
+                        .map(|(_, reply)| (reply, Err(error.clone())))
+                        .collect(),
+                };
+                shared.queue.lock().expect("not poisoned").finished(accounts.into_iter());
+                shared.work.notify_all();
+                for (reply, result) in replies {
+                    reply(result);
+                }
+            }
+        }
+    }
+}
+
+/// Finds the accounts of subjects the cache does not know, then queues each
+/// command under its account (or answers that the subject is unknown).
+/// Returns whether the connection is still usable.
+fn resolve(shared: &Shared, client: &mut Client, jobs: Vec<(Command, Reply)>) -> bool {
+    let subject_of = |command: &Command| match command {
+        Command::Decide(DecisionRequest { subject, .. }) | Command::Reserve(ReserveRequest { subject, .. }) => {
+            subject.clone()
+        }
+        other => unreachable!("only decisions and reservations wait for their subject: {other:?}"),
+    };
+    let wanted: Vec<SubjectId> = jobs.iter().map(|(command, _)| subject_of(command)).collect();
+    let names: Vec<&str> = wanted.iter().map(SubjectId::as_str).collect();
+    let found = match lookup_subjects(client, &names) {
+        Ok(found) => found,
+        Err(error) => {
+            for (_, reply) in jobs {
+                reply(Err(error.clone()));
+            }
+            return !client.is_closed();
+        }
+    };
+    {
+        let mut cache = shared.subjects.write().expect("not poisoned");
+        cache.extend(found.iter().map(|(subject, account)| (subject.clone(), account.clone())));
+    }
+    let mut queue = shared.queue.lock().expect("not poisoned");
+    let mut unknown = Vec::new();
+    for ((command, reply), subject) in jobs.into_iter().zip(wanted) {
+        match found.get(&subject) {
+            Some(account) => {
+                queue.waiting += 1;
+                queue.push(account.clone(), |pending| pending.jobs.push((command, reply)));
+            }
+            None => unknown.push((reply, subject)),
+        }
+    }
+    drop(queue);
+    shared.work.notify_all();
+    for (reply, subject) in unknown {
+        reply(Err(StoreError::Refused(Refusal::Core(CoreError::UnknownSubject(subject)))));
+    }
+    true
+}
+
+fn lookup_subjects(client: &mut Client, subjects: &[&str]) -> Result<HashMap<SubjectId, AccountId>, StoreError> {
+    let rows = client
+        .query("SELECT id, account FROM subjects WHERE id = ANY($1)", &[&subjects])
+        .map_err(|error| unavailable(&error))?;
+    rows.iter()
+        .map(|row| {
+            let subject = SubjectId::new(row.get(0)).map_err(|error| corrupt("subject id", error))?;
+            let account = AccountId::new(row.get(1)).map_err(|error| corrupt("account id", error))?;
+            Ok((subject, account))
+        })
+        .collect()
+}
+
+type Answer = (Reply, Result<Response, StoreError>);
+
+/// Runs one transaction over `works`, again from the start when it lost a
+/// race. Returns the answers, and whether the connection is still usable.
+fn run(shared: &Shared, client: &mut Client, works: Vec<Work>) -> (Vec<Answer>, bool) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match transact(shared, client, &works) {
+            Ok(Outcome { results, commands }) => {
+                shared.stats.record(commands);
+                let replies = works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| reply);
+                return (replies.zip(results).collect(), true);
+            }
+            Err(Failure::Database(error)) if lost_race(&error) && attempt < ATTEMPTS_MAX => continue,
+            Err(failure) => {
+                let (error, healthy) = match failure {
+                    Failure::Database(error) => {
+                        let healthy = !client.is_closed() && error.as_db_error().is_some();
+                        let message = if error.as_db_error().is_some() {
+                            format!("the database refused the transaction: {error}")
+                        } else {
+                            format!(
+                                "the database connection failed ({error}); if it failed while committing, \
+                                 the command may have happened: retry with the same idempotency key"
+                            )
+                        };
+                        (StoreError::Unavailable(message), healthy)
+                    }
+                    Failure::Store(error) => (error, !client.is_closed()),
+                };
+                let replies =
+                    works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| (reply, Err(error.clone())));
+                return (replies.collect(), healthy);
+            }
+        }
+    }
+}
+
+enum Failure {
+    Database(postgres::Error),
+    Store(StoreError),
+}
+
+impl From<postgres::Error> for Failure {
+    fn from(error: postgres::Error) -> Failure {
+        Failure::Database(error)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Failure {
+        Failure::Store(error)
+    }
+}
+
+struct Outcome {
+    /// One per job, in the order of the works and their jobs.
+    results: Vec<Result<Response, StoreError>>,
+    commands: usize,
+}
+
+/// What one transaction writes besides the account rows.
+#[derive(Default)]
+struct Writes {
+    usage: Vec<UsageEvent>,
+    monetization: Vec<MonetizationEvent>,
+    balance: Vec<BalanceUpdate>,
+    corrections: Vec<Correction>,
+    settled: Vec<String>,
+    subjects: Vec<(String, String)>,
+}
+
+impl Writes {
+    fn add(&mut self, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::Usage(usage) => self.usage.push(usage.clone()),
+                Event::Monetization(monetization) => self.monetization.push(monetization.clone()),
+                Event::Balance(update) => self.balance.push(update.clone()),
+                Event::Correction(correction) => self.corrections.push(correction.clone()),
+            }
+        }
+    }
+}
+
+fn idempotency_key(command: &Command) -> Option<&IdempotencyKey> {
+    match command {
+        Command::Decide(request) => request.idempotency_key.as_ref(),
+        Command::Reserve(request) => Some(&request.idempotency_key),
+        Command::Capture { request, .. } => Some(&request.idempotency_key),
+        Command::Release { request, .. } => Some(&request.idempotency_key),
+        Command::AddGrant { request, .. } => Some(&request.idempotency_key),
+        _ => None,
+    }
+}
+
+fn transact(shared: &Shared, client: &mut Client, works: &[Work]) -> Result<Outcome, Failure> {
+    let catalog = &shared.catalog;
+    let mut transaction = client.transaction()?;
+    let mut ids: Vec<&str> = works.iter().map(|work| work.account.as_str()).collect();
+    ids.sort_unstable();
+
+    // Lock the accounts in id order and read the database's clock.
+    let rows = transaction.query(
+        "SELECT id, state, (extract(epoch FROM clock_timestamp()) * 1000)::int8
+         FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )?;
+    let mut now_millis = match rows.first() {
+        Some(row) => row.get::<_, i64>(2),
+        None => transaction.query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])?.get(0),
+    };
+    let mut before: HashMap<AccountId, AccountState> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let state = decode_state(row.get(1))?;
+        now_millis = now_millis.max(row.get(2));
+        before.insert(state.id().clone(), state);
+    }
+    let now = Timestamp::from_millis(now_millis.max(0) as u64);
+
+    // Put back the idempotency keys the commands name.
+    let mut key_accounts = Vec::new();
+    let mut key_names = Vec::new();
+    for work in works {
+        for (command, _) in &work.jobs {
+            if let Some(key) = idempotency_key(command) {
+                key_accounts.push(work.account.as_str());
+                key_names.push(key.as_str());
+            }
+        }
+    }
+    let mut states: HashMap<AccountId, AccountState> = before.clone();
+    let mut restored: HashMap<(AccountId, IdempotencyKey), StoredKey> = HashMap::new();
+    if !key_names.is_empty() {
+        let rows = transaction.query(
+            "SELECT k.account, k.key, k.fingerprint, k.expires_at, k.answer
+             FROM idempotency_keys k
+             JOIN unnest($1::text[], $2::text[]) AS wanted(account, key)
+               ON k.account = wanted.account AND k.key = wanted.key",
+            &[&key_accounts, &key_names],
+        )?;
+        for row in &rows {
+            let account = AccountId::new(row.get(0)).map_err(|error| corrupt("account id", error))?;
+            let key = IdempotencyKey::new(row.get(1)).map_err(|error| corrupt("idempotency key", error))?;
+            let fingerprint: &[u8] = row.get(2);
+            let fingerprint =
+                u128::from_le_bytes(fingerprint.try_into().map_err(|_| corrupt("fingerprint", "not 16 bytes"))?);
+            let stored = StoredKey {
+                key: key.clone(),
+                fingerprint,
+                expires_at: Timestamp::from_millis(row.get::<_, i64>(3).max(0) as u64),
+                answer: Box::from(row.get::<_, &[u8]>(4)),
+            };
+            if let Some(state) = states.get_mut(&account) {
+                state.restore_keys([stored.clone()]);
+                restored.insert((account, key), stored);
+            }
+        }
+    }
+
+    // The balance updates waiting for settlement, in order.
+    let settle_ids: Vec<&str> = works.iter().filter(|work| work.settle).map(|work| work.account.as_str()).collect();
+    let mut to_settle: HashMap<AccountId, Vec<BalanceUpdate>> = HashMap::new();
+    if !settle_ids.is_empty() {
+        let rows = transaction.query(
+            "SELECT body FROM (
+                SELECT body, account, sequence,
+                       row_number() OVER (PARTITION BY account ORDER BY sequence) AS position
+                FROM balance_updates WHERE account = ANY($1) AND NOT settled
+             ) waiting WHERE position <= $2 ORDER BY account, sequence",
+            &[&settle_ids, &SETTLE_PER_TRANSACTION_MAX],
+        )?;
+        for row in &rows {
+            let update: BalanceUpdate = decode(row.get(0), "balance update")?;
+            to_settle.entry(update.account.clone()).or_default().push(update);
+        }
+    }
+
+    // Subjects that new PutSubject commands name: one account each, across the database.
+    let put_subjects: Vec<&str> = works
+        .iter()
+        .flat_map(|work| &work.jobs)
+        .filter_map(|(command, _)| match command {
+            Command::PutSubject { subject, .. } => Some(subject.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut owners: HashMap<SubjectId, AccountId> = HashMap::new();
+    if !put_subjects.is_empty() {
+        owners = lookup_subjects_in(&mut transaction, &put_subjects)?;
+    }
+
+    // The core applies everything.
+    let mut engine = Engine::from_accounts(catalog.clone(), states.into_values().collect());
+    let mut writes = Writes::default();
+    let mut results = Vec::new();
+    let mut commands = 0;
+    for work in works {
+        if work.advance && before.contains_key(&work.account) {
+            let response =
+                apply(&mut engine, &Command::AdvanceAccount(work.account.clone()), now).map_err(StoreError::Refused)?;
+            writes.add(response.events());
+        }
+        for update in to_settle.remove(&work.account).unwrap_or_default() {
+            let id = update.id.to_string();
+            match apply(&mut engine, &Command::Settle(update), now) {
+                Ok(response) => writes.add(response.events()),
+                // Out of step with the state: left unsettled, for
+                // reconciliation to name, rather than blocking the account.
+                Err(_) => break,
+            }
+            writes.settled.push(id);
+        }
+        for (command, _) in &work.jobs {
+            commands += 1;
+            if let Command::PutSubject { subject, account, .. } = command
+                && let Some(owner) = owners.get(subject)
+                && owner != account
+            {
+                results.push(Err(StoreError::Refused(Refusal::Core(CoreError::SubjectInOtherAccount {
+                    subject: subject.clone(),
+                    account: owner.clone(),
+                }))));
+                continue;
+            }
+            match apply(&mut engine, command, now) {
+                Ok(mut response) => {
+                    writes.add(&response.take_events());
+                    if let Command::PutSubject { subject, account, .. } = command
+                        && !owners.contains_key(subject)
+                    {
+                        owners.insert(subject.clone(), account.clone());
+                        writes.subjects.push((subject.to_string(), account.to_string()));
+                    }
+                    results.push(Ok(response));
+                }
+                Err(refusal) => results.push(Err(StoreError::Refused(refusal))),
+            }
+        }
+    }
+
+    // Write what changed.
+    let mut update_ids = Vec::new();
+    let mut update_states = Vec::new();
+    let mut update_due = Vec::new();
+    let mut new_ids = Vec::new();
+    let mut new_states = Vec::new();
+    let mut new_due = Vec::new();
+    let mut key_rows = KeyRows::default();
+    for mut state in engine.into_accounts() {
+        for stored in state.take_keys() {
+            // Unchanged keys stay as they are; a key whose retention ended
+            // and that a new request took again is written anew.
+            if restored.get(&(state.id().clone(), stored.key.clone())) == Some(&stored) {
+                continue;
+            }
+            key_rows.accounts.push(state.id().to_string());
+            key_rows.keys.push(stored.key.to_string());
+            key_rows.fingerprints.push(stored.fingerprint.to_le_bytes().to_vec());
+            key_rows.expiries.push(millis(stored.expires_at));
+            key_rows.answers.push(stored.answer.into_vec());
+        }
+        let due = state.next_deadline().map(millis);
+        match before.get(state.id()) {
+            Some(old) if *old == state => {}
+            Some(_) => {
+                update_ids.push(state.id().to_string());
+                update_states.push(encode_state(&state));
+                update_due.push(due);
+            }
+            None => {
+                new_ids.push(state.id().to_string());
+                new_states.push(encode_state(&state));
+                new_due.push(due);
+            }
+        }
+    }
+    if !new_ids.is_empty() {
+        transaction.execute(
+            "INSERT INTO accounts (id, state, due_at) SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[])",
+            &[&new_ids, &new_states, &new_due],
+        )?;
+    }
+    if !update_ids.is_empty() {
+        transaction.execute(
+            "UPDATE accounts a SET state = u.state, due_at = u.due_at
+             FROM unnest($1::text[], $2::bytea[], $3::int8[]) AS u(id, state, due_at) WHERE a.id = u.id",
+            &[&update_ids, &update_states, &update_due],
+        )?;
+    }
+    if !writes.subjects.is_empty() {
+        let (subjects, accounts): (Vec<String>, Vec<String>) = writes.subjects.iter().cloned().unzip();
+        // A plain insert: a subject another node gave to an account meanwhile
+        // is a unique violation, and the transaction runs again and sees it.
+        transaction.execute(
+            "INSERT INTO subjects (id, account) SELECT * FROM unnest($1::text[], $2::text[])",
+            &[&subjects, &accounts],
+        )?;
+    }
+    if !key_rows.accounts.is_empty() {
+        transaction.execute(
+            "INSERT INTO idempotency_keys (account, key, fingerprint, expires_at, answer)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::bytea[])
+             ON CONFLICT (account, key) DO UPDATE
+             SET fingerprint = EXCLUDED.fingerprint, expires_at = EXCLUDED.expires_at, answer = EXCLUDED.answer",
+            &[&key_rows.accounts, &key_rows.keys, &key_rows.fingerprints, &key_rows.expiries, &key_rows.answers],
+        )?;
+    }
+    insert_events(&mut transaction, &writes)?;
+    if !writes.settled.is_empty() {
+        transaction.execute("UPDATE balance_updates SET settled = true WHERE id = ANY($1)", &[&writes.settled])?;
+    }
+    transaction.commit()?;
+    Ok(Outcome { results, commands })
+}
+
+/// Idempotency keys to write, as columns.
+#[derive(Default)]
+struct KeyRows {
+    accounts: Vec<String>,
+    keys: Vec<String>,
+    fingerprints: Vec<Vec<u8>>,
+    expiries: Vec<i64>,
+    answers: Vec<Vec<u8>>,
+}
+
+fn millis(at: Timestamp) -> i64 {
+    at.millis().min(i64::MAX as u64) as i64
+}
+
+fn lookup_subjects_in(
+    transaction: &mut Transaction<'_>,
+    subjects: &[&str],
+) -> Result<HashMap<SubjectId, AccountId>, Failure> {
+    let rows = transaction.query("SELECT id, account FROM subjects WHERE id = ANY($1)", &[&subjects])?;
+    let mut found = HashMap::new();
+    for row in &rows {
+        let subject = SubjectId::new(row.get(0)).map_err(|error| corrupt("subject id", error))?;
+        let account = AccountId::new(row.get(1)).map_err(|error| corrupt("account id", error))?;
+        found.insert(subject, account);
+    }
+    Ok(found)
+}
+
+fn insert_events(transaction: &mut Transaction<'_>, writes: &Writes) -> Result<(), postgres::Error> {
+    if !writes.usage.is_empty() {
+        let count = writes.usage.len();
+        let text = || Vec::<String>::with_capacity(count);
+        let (mut ids, mut accounts, mut decisions, mut keys, mut subjects, mut features) =
+            (text(), text(), text(), text(), text(), text());
+        let (mut quantities, mut window_units, mut ats, mut bodies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for usage in &writes.usage {
+            ids.push(usage.id.to_string());
+            accounts.push(usage.account.to_string());
+            decisions.push(usage.decision.to_string());
+            keys.push(usage.idempotency_key.to_string());
+            subjects.push(usage.subject.to_string());
+            features.push(usage.feature.to_string());
+            quantities.push(usage.quantity as i64);
+            window_units.push(usage.window_units as i64);
+            ats.push(millis(usage.at));
+            bodies.push(encode(usage));
+        }
+        transaction.execute(
+            "INSERT INTO usage_events (id, account, decision, idempotency_key, subject, feature, quantity, window_units, at, body)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::int8[], $8::int8[], $9::int8[], $10::bytea[])",
+            &[&ids, &accounts, &decisions, &keys, &subjects, &features, &quantities, &window_units, &ats, &bodies],
+        )?;
+    }
+    if !writes.monetization.is_empty() {
+        let mut ids = Vec::new();
+        let mut usages = Vec::new();
+        let mut accounts = Vec::new();
+        let mut amounts = Vec::new();
+        let mut write_offs = Vec::new();
+        let mut ats = Vec::new();
+        let mut bodies = Vec::new();
+        for monetization in &writes.monetization {
+            ids.push(monetization.id.to_string());
+            usages.push(monetization.usage.to_string());
+            accounts.push(monetization.account.to_string());
+            amounts.push(monetization.amount.micros() as i64);
+            write_offs.push(monetization.write_off.micros() as i64);
+            ats.push(millis(monetization.at));
+            bodies.push(encode(monetization));
+        }
+        transaction.execute(
+            "INSERT INTO monetization_events (id, usage_id, account, amount, write_off, at, body)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::bytea[])",
+            &[&ids, &usages, &accounts, &amounts, &write_offs, &ats, &bodies],
+        )?;
+    }
+    if !writes.balance.is_empty() {
+        let mut ids = Vec::new();
+        let mut accounts = Vec::new();
+        let mut sequences = Vec::new();
+        let mut sources = Vec::new();
+        let mut deltas = Vec::new();
+        let mut causes = Vec::new();
+        let mut monetizations = Vec::new();
+        let mut ats = Vec::new();
+        let mut bodies = Vec::new();
+        for update in &writes.balance {
+            ids.push(update.id.to_string());
+            accounts.push(update.account.to_string());
+            sequences.push(update.sequence as i64);
+            sources.push(match &update.source {
+                BalanceSource::Grant(grant) => grant.to_string(),
+                BalanceSource::Overdraft => "overdraft".to_string(),
+            });
+            deltas.push(update.delta);
+            let (cause, monetization) = match &update.cause {
+                BalanceCause::Debit { monetization } => ("debit", Some(monetization.to_string())),
+                BalanceCause::Grant { .. } => ("grant", None),
+                BalanceCause::Expiry => ("expiry", None),
+            };
+            causes.push(cause);
+            monetizations.push(monetization);
+            ats.push(millis(update.at));
+            bodies.push(encode(update));
+        }
+        transaction.execute(
+            "INSERT INTO balance_updates (id, account, sequence, source, delta, cause, monetization_id, at, body)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[],
+                                  $7::text[], $8::int8[], $9::bytea[])",
+            &[&ids, &accounts, &sequences, &sources, &deltas, &causes, &monetizations, &ats, &bodies],
+        )?;
+    }
+    if !writes.corrections.is_empty() {
+        let mut ids = Vec::new();
+        let mut updates = Vec::new();
+        let mut accounts = Vec::new();
+        let mut write_offs = Vec::new();
+        let mut ats = Vec::new();
+        let mut bodies = Vec::new();
+        for correction in &writes.corrections {
+            ids.push(correction.id.to_string());
+            updates.push(correction.update.to_string());
+            accounts.push(correction.account.to_string());
+            write_offs.push(correction.write_off.micros() as i64);
+            ats.push(millis(correction.at));
+            bodies.push(encode(correction));
+        }
+        transaction.execute(
+            "INSERT INTO corrections (id, update_id, account, write_off, at, body)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bytea[])",
+            &[&ids, &updates, &accounts, &write_offs, &ats, &bodies],
+        )?;
+    }
+    Ok(())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("events encode")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|error| corrupt(what, error))
+}
+
+fn encode_state(state: &AccountState) -> Vec<u8> {
+    postcard::to_stdvec(state).expect("account states encode")
+}
+
+fn decode_state(bytes: &[u8]) -> Result<AccountState, StoreError> {
+    decode(bytes, "account state")
+}
+
+// ----- The sweeper -----
+
+fn sweep(shared: &Shared) {
+    let mut client: Option<Client> = None;
+    let cleanup_every = (KEY_CLEANUP_EVERY.as_millis() / shared.config.sweep_every.as_millis().max(1)).max(1) as u64;
+    let mut rounds = 0u64;
+    loop {
+        {
+            let (stop, wake) = &shared.sweeper;
+            let stopped = stop.lock().expect("not poisoned");
+            let (stopped, _) = wake.wait_timeout(stopped, shared.config.sweep_every).expect("not poisoned");
+            if *stopped {
+                return;
+            }
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = connect(&shared.config.url).ok();
+        }
+        let Some(connected) = client.as_mut() else { continue };
+        rounds += 1;
+        if sweep_once(shared, connected, rounds.is_multiple_of(cleanup_every)).is_err() {
+            client = None;
+        }
+    }
+}
+
+fn sweep_once(shared: &Shared, client: &mut Client, cleanup: bool) -> Result<(), postgres::Error> {
+    let unsettled = client
+        .query("SELECT DISTINCT account FROM balance_updates WHERE NOT settled LIMIT $1", &[&SWEEP_ACCOUNTS_MAX])?;
+    let due = client.query(
+        "SELECT id FROM accounts WHERE due_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8 LIMIT $1",
+        &[&SWEEP_ACCOUNTS_MAX],
+    )?;
+    for row in &unsettled {
+        if let Ok(account) = AccountId::new(row.get(0)) {
+            shared.enqueue(account, |pending| pending.settle = true);
+        }
+    }
+    for row in &due {
+        if let Ok(account) = AccountId::new(row.get(0)) {
+            shared.enqueue(account, |pending| pending.advance = true);
+        }
+    }
+    if cleanup {
+        // Forgetting a key changes no money: its events were recorded with its answer.
+        client.execute(
+            "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM idempotency_keys
+                WHERE expires_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8 LIMIT $1))",
+            &[&KEY_CLEANUP_ROWS_MAX],
+        )?;
+    }
+    Ok(())
+}
+
+// ----- Migrations -----
+
+fn migrate(client: &mut Client, catalog: &Catalog) -> Result<(), StoreError> {
+    let failed = |error: postgres::Error| StoreError::Unavailable(format!("migrating the schema: {error}"));
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).map_err(failed)?;
+    let result = (|| {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS headroom_migrations (
+                    version int PRIMARY KEY,
+                    applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .map_err(failed)?;
+        for (version, sql) in MIGRATIONS {
+            let mut transaction = client.transaction().map_err(failed)?;
+            let applied = transaction
+                .query_opt("SELECT 1 FROM headroom_migrations WHERE version = $1", &[version])
+                .map_err(failed)?
+                .is_some();
+            if !applied {
+                transaction.batch_execute(sql).map_err(failed)?;
+                transaction
+                    .execute("INSERT INTO headroom_migrations (version) VALUES ($1)", &[version])
+                    .map_err(failed)?;
+            }
+            transaction.commit().map_err(failed)?;
+        }
+        let recorded: String = client
+            .query_one(
+                "WITH inserted AS (
+                    INSERT INTO headroom_settings (key, value) VALUES ('catalog', $1)
+                    ON CONFLICT (key) DO NOTHING RETURNING value)
+                 SELECT value FROM inserted UNION ALL SELECT value FROM headroom_settings WHERE key = 'catalog'",
+                &[&catalog.source()],
+            )
+            .map_err(failed)?
+            .get(0);
+        if recorded != catalog.source() {
+            return Err(StoreError::CatalogChanged { path: "headroom_settings.catalog".into() });
+        }
+        Ok(())
+    })();
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).map_err(failed);
+    result.and(unlocked.map(|_| ()))
+}
+
+// ----- Reconciliation -----
+
+/// Runs every check of the embedded store's reconciliation that does not
+/// need a command log, over one consistent snapshot of the database,
+/// reading only:
+///
+/// - every account state passes the core's own checks (no grant below
+///   zero, no window over capacity, holds and keys within bounds);
+/// - the three datasets link exactly once (each usage event has one
+///   monetization event, whose debits sum to its amount less its
+///   write-off; balance updates of an account are numbered 1, 2, 3… with no
+///   gap; every correction names a balance update);
+/// - settlement agrees with the state: the updates at or below an account's
+///   `settled_through` are marked settled and no others;
+/// - conservation: per wallet, settled balance updates and corrections sum
+///   to the balance of record;
+/// - every subject row names an account that has that subject, and back.
+pub fn reconcile(url: &str) -> Result<ReconcileReport, StoreError> {
+    let mut client = connect(url)?;
+    let failed = |error: postgres::Error| unavailable(&error);
+    let mut transaction = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(failed)?;
+    let catalog_text: String = transaction
+        .query_opt("SELECT value FROM headroom_settings WHERE key = 'catalog'", &[])
+        .map_err(failed)?
+        .ok_or_else(|| StoreError::Unavailable("the database holds no Headroom schema".to_string()))?
+        .get(0);
+    let catalog = Catalog::from_toml(&catalog_text).map_err(|error| corrupt("catalog", error))?;
+    let mut report = ReconcileReport::default();
+    let mut problems = Vec::new();
+
+    let mut accounts = Vec::new();
+    for row in transaction.query("SELECT id, state FROM accounts ORDER BY id", &[]).map_err(failed)? {
+        let state = decode_state(row.get(1))?;
+        if state.id().as_str() != row.get::<_, &str>(0) {
+            problems.push(format!("account row {} holds the state of {}", row.get::<_, &str>(0), state.id()));
+        }
+        accounts.push(state);
+    }
+    let engine = Engine::from_accounts(Arc::new(catalog), accounts);
+    if let Err(problem) = engine.check_invariants() {
+        problems.push(problem);
+    }
+
+    let mut audit = EventAudit::new();
+    let mut record = |event: Event, problems: &mut Vec<String>| {
+        if let Err(problem) = audit.record(&event) {
+            problems.push(problem);
+        }
+    };
+    for row in transaction.query("SELECT body FROM usage_events ORDER BY account, at, id", &[]).map_err(failed)? {
+        record(Event::Usage(decode(row.get(0), "usage event")?), &mut problems);
+    }
+    for row in
+        transaction.query("SELECT body FROM monetization_events ORDER BY account, at, id", &[]).map_err(failed)?
+    {
+        record(Event::Monetization(decode(row.get(0), "monetization event")?), &mut problems);
+    }
+    let mut ledger: HashMap<AccountId, i128> = HashMap::new();
+    let mut settled_through: HashMap<AccountId, u64> = HashMap::new();
+    for row in transaction
+        .query("SELECT body, settled FROM balance_updates ORDER BY account, sequence", &[])
+        .map_err(failed)?
+    {
+        let update: BalanceUpdate = decode(row.get(0), "balance update")?;
+        let settled: bool = row.get(1);
+        let expected = engine.account(&update.account).map(AccountState::settled_through);
+        match expected {
+            None => problems.push(format!("balance update {} names unknown account {}", update.id, update.account)),
+            Some(through) if settled != (update.sequence <= through) => problems.push(format!(
+                "balance update {} (account {}, sequence {}) is marked {} but the account is settled through {through}",
+                update.id,
+                update.account,
+                update.sequence,
+                if settled { "settled" } else { "unsettled" },
+            )),
+            Some(_) => {}
+        }
+        if settled {
+            report.settled_updates += 1;
+            *ledger.entry(update.account.clone()).or_default() += i128::from(update.delta);
+            let last = settled_through.entry(update.account.clone()).or_default();
+            *last = (*last).max(update.sequence);
+        } else {
+            report.unsettled_updates += 1;
+        }
+        record(Event::Balance(update), &mut problems);
+    }
+    for row in transaction.query("SELECT body FROM corrections ORDER BY account, at, id", &[]).map_err(failed)? {
+        let correction: Correction = decode(row.get(0), "correction")?;
+        *ledger.entry(correction.account.clone()).or_default() += i128::from(correction.write_off.micros());
+        record(Event::Correction(correction), &mut problems);
+    }
+    if let Err(problem) = audit.check_links() {
+        problems.push(problem);
+    }
+    for account in engine.accounts() {
+        let from_ledger = ledger.get(account.id()).copied().unwrap_or(0);
+        if account.wallet().settled_balance() != from_ledger {
+            problems.push(format!(
+                "account {}: balance of record {} but its settled ledger sums to {from_ledger}",
+                account.id(),
+                account.wallet().settled_balance()
+            ));
+        }
+        let through = settled_through.get(account.id()).copied().unwrap_or(0);
+        if through != account.settled_through() {
+            problems.push(format!(
+                "account {}: settled through {} but the ledger's settled updates reach {through}",
+                account.id(),
+                account.settled_through()
+            ));
+        }
+    }
+
+    let mut subject_rows = 0u64;
+    for row in transaction.query("SELECT id, account FROM subjects", &[]).map_err(failed)? {
+        subject_rows += 1;
+        let (subject, account): (&str, &str) = (row.get(0), row.get(1));
+        let held = AccountId::new(account)
+            .ok()
+            .and_then(|account| engine.account(&account))
+            .is_some_and(|state| state.subjects().any(|known| known.as_str() == subject));
+        if !held {
+            problems.push(format!("subject {subject} is recorded for account {account}, which does not have it"));
+        }
+    }
+    let subjects_in_states: u64 = engine.accounts().map(|account| account.subjects().count() as u64).sum();
+    if subjects_in_states != subject_rows {
+        problems.push(format!("accounts hold {subjects_in_states} subjects but {subject_rows} are recorded"));
+    }
+    transaction.commit().map_err(failed)?;
+
+    report.accounts = engine.accounts().count() as u64;
+    report.usage_events = audit.usage_events;
+    report.monetization_events = audit.monetization_events;
+    report.balance_updates = audit.balance_updates;
+    report.corrections = audit.corrections;
+    report.set_discrepancies(problems);
+    Ok(report)
+}

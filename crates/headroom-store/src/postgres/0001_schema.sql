@@ -1,0 +1,87 @@
+-- Headroom's schema. Times are milliseconds since the Unix epoch (UTC),
+-- amounts micro-credits, ids as the API shows them. Each `body` is the
+-- record as the core produced it (postcard), the columns beside it are for
+-- people and indexes.
+
+CREATE TABLE headroom_settings (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- One row per account: its whole state (windows, wallet, reservations),
+-- locked by every transaction that changes it. Idempotency keys live in
+-- their own table, not in the state.
+CREATE TABLE accounts (
+    id text PRIMARY KEY,
+    state bytea NOT NULL,
+    -- The next reservation or grant expiry, when the sweeper advances it.
+    due_at int8
+);
+CREATE INDEX accounts_due ON accounts (due_at) WHERE due_at IS NOT NULL;
+
+-- A subject belongs to one account, for good.
+CREATE TABLE subjects (
+    id text PRIMARY KEY,
+    account text NOT NULL REFERENCES accounts (id)
+);
+
+CREATE TABLE idempotency_keys (
+    account text NOT NULL REFERENCES accounts (id),
+    key text NOT NULL,
+    fingerprint bytea NOT NULL,
+    expires_at int8 NOT NULL,
+    -- The stored answer, returned byte for byte on a replay.
+    answer bytea NOT NULL,
+    PRIMARY KEY (account, key)
+);
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+
+-- The three datasets.
+CREATE TABLE usage_events (
+    id text PRIMARY KEY,
+    account text NOT NULL REFERENCES accounts (id),
+    decision text NOT NULL,
+    idempotency_key text NOT NULL,
+    subject text NOT NULL,
+    feature text NOT NULL,
+    quantity int8 NOT NULL,
+    window_units int8 NOT NULL,
+    at int8 NOT NULL,
+    body bytea NOT NULL
+);
+CREATE INDEX usage_events_account ON usage_events (account, at);
+
+CREATE TABLE monetization_events (
+    id text PRIMARY KEY,
+    usage_id text NOT NULL UNIQUE REFERENCES usage_events (id),
+    account text NOT NULL REFERENCES accounts (id),
+    amount int8 NOT NULL,
+    write_off int8 NOT NULL,
+    at int8 NOT NULL,
+    body bytea NOT NULL
+);
+
+CREATE TABLE balance_updates (
+    id text PRIMARY KEY,
+    account text NOT NULL REFERENCES accounts (id),
+    sequence int8 NOT NULL,
+    source text NOT NULL,
+    delta int8 NOT NULL,
+    cause text NOT NULL,
+    monetization_id text REFERENCES monetization_events (id),
+    settled boolean NOT NULL DEFAULT false,
+    at int8 NOT NULL,
+    body bytea NOT NULL,
+    UNIQUE (account, sequence)
+);
+CREATE INDEX balance_updates_unsettled ON balance_updates (account, sequence) WHERE NOT settled;
+
+-- Settling a debit that found less than it takes: the part written off.
+CREATE TABLE corrections (
+    id text PRIMARY KEY,
+    update_id text NOT NULL UNIQUE REFERENCES balance_updates (id),
+    account text NOT NULL REFERENCES accounts (id),
+    write_off int8 NOT NULL,
+    at int8 NOT NULL,
+    body bytea NOT NULL
+);
