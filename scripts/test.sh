@@ -22,8 +22,22 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# Installs PostgreSQL's server binaries (/usr/lib/postgresql/<version>/bin), which
+# the tests use to start throwaway clusters of their own; the package is told not
+# to create and start a system cluster (createcluster.conf, read by its postinst).
+install_postgresql() {
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && return 0
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+    "${sudo[@]}" mkdir -p /etc/postgresql-common
+    echo 'create_main_cluster = false' | "${sudo[@]}" tee /etc/postgresql-common/createcluster.conf >/dev/null
+    # ucf keeps that file rather than asking whether to replace it with the package's.
+    UCF_FORCE_CONFFOLD=1 install_packages postgresql
+}
+
 step "packages the tests use"
 install_packages curl redis-server
+install_postgresql
 
 step "formatting"
 cargo fmt --all --check

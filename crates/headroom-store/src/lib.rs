@@ -34,6 +34,10 @@ pub enum StoreError {
     /// Writing or syncing failed; the command did not happen. The store
     /// stops taking commands until it is reopened (recovery from disk).
     Unavailable(String),
+    /// The connection to the database failed while committing: the command
+    /// may or may not have happened. Retrying with the same idempotency key
+    /// is safe (a replay returns the original answer).
+    Uncertain(String),
     /// Stored data failed a check: the file and the offset of the damage.
     Corrupt {
         file: PathBuf,
@@ -60,7 +64,7 @@ impl StoreError {
         match self {
             StoreError::Refused(Refusal::Core(error)) => error.is_retryable(),
             StoreError::Refused(_) => false,
-            StoreError::Unavailable(_) | StoreError::Io { .. } => true,
+            StoreError::Unavailable(_) | StoreError::Uncertain(_) | StoreError::Io { .. } => true,
             StoreError::Corrupt { .. } | StoreError::CatalogChanged { .. } => false,
         }
     }
@@ -71,6 +75,9 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Refused(refusal) => refusal.fmt(f),
             StoreError::Unavailable(reason) => write!(f, "storage unavailable: {reason}"),
+            StoreError::Uncertain(reason) => {
+                write!(f, "storage failed while committing, the outcome is unknown: {reason}")
+            }
             StoreError::Corrupt { file, offset, reason } => {
                 write!(f, "{} is corrupt at offset {offset}: {reason}", file.display())
             }

@@ -399,13 +399,18 @@ impl Drop for PostgresStore {
 
 impl Shared {
     /// Runs `read` on a pooled reading connection; a connection that failed is dropped.
-    fn read<T>(&self, read: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(&self, read: impl Fn(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let pooled = self.readers.lock().expect("not poisoned").pop();
         let mut client = match pooled {
             Some(client) if !client.is_closed() => client,
             _ => connect(&self.config.url)?,
         };
-        let result = read(&mut client);
+        let mut result = read(&mut client);
+        if result.is_err() && client.is_closed() {
+            // A pooled connection the database closed (a restart): once more, on a new one.
+            client = connect(&self.config.url)?;
+            result = read(&mut client);
+        }
         if result.is_ok() {
             self.readers.lock().expect("not poisoned").push(client);
         }
@@ -604,21 +609,18 @@ fn run(shared: &Shared, client: &mut Client, works: Vec<Work>) -> (Vec<Answer>, 
                 let replies = works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| reply);
                 return (replies.zip(results).collect(), true);
             }
-            Err(Failure::Database(error)) if lost_race(&error) && attempt < ATTEMPTS_MAX => continue,
+            Err(Failure::Database(error) | Failure::Commit(error)) if lost_race(&error) && attempt < ATTEMPTS_MAX => {
+                continue;
+            }
             Err(failure) => {
                 let (error, healthy) = match failure {
-                    Failure::Database(error) => {
-                        let healthy = !client.is_closed() && error.as_db_error().is_some();
-                        let message = if error.as_db_error().is_some() {
-                            format!("the database refused the transaction: {error}")
-                        } else {
-                            format!(
-                                "the database connection failed ({error}); if it failed while committing, \
-                                 the command may have happened: retry with the same idempotency key"
-                            )
-                        };
-                        (StoreError::Unavailable(message), healthy)
-                    }
+                    // The database said no: nothing of the transaction happened.
+                    Failure::Database(error) | Failure::Commit(error) if error.as_db_error().is_some() => (
+                        StoreError::Unavailable(format!("the database refused the transaction: {error}")),
+                        !client.is_closed(),
+                    ),
+                    Failure::Database(error) => (unavailable(&error), false),
+                    Failure::Commit(error) => (StoreError::Uncertain(format!("the database: {error}")), false),
                     Failure::Store(error) => (error, !client.is_closed()),
                 };
                 let replies =
@@ -631,6 +633,9 @@ fn run(shared: &Shared, client: &mut Client, works: Vec<Work>) -> (Vec<Answer>, 
 
 enum Failure {
     Database(postgres::Error),
+    /// Failed at `COMMIT`: without an answer from the database, the
+    /// transaction may have committed.
+    Commit(postgres::Error),
     Store(StoreError),
 }
 
@@ -903,7 +908,7 @@ fn transact(shared: &Shared, client: &mut Client, works: &[Work]) -> Result<Outc
     if !writes.settled.is_empty() {
         transaction.execute("UPDATE balance_updates SET settled = true WHERE id = ANY($1)", &[&writes.settled])?;
     }
-    transaction.commit()?;
+    transaction.commit().map_err(Failure::Commit)?;
     Ok(Outcome { results, commands })
 }
 

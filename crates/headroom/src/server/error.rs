@@ -133,6 +133,14 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%error, "a settlement command reached the API");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
+            StoreError::Uncertain(reason) => {
+                tracing::error!(%reason, "storage failed while committing");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "storage failed while recording this; it may or may not have happened: retry with the same idempotency key, which returns the original answer if it was recorded",
+                )
+            }
             error => {
                 tracing::error!(%error, "storage unavailable");
                 ApiError::new(

@@ -71,7 +71,7 @@ impl utoipa::IntoResponses for Errors {
             ("422", "A value that cannot be used: zero or negative quantity, unknown feature or plan, over a bound"),
             ("429", "The account holds as many idempotency keys or reservations as it may; retry later"),
             ("500", "A bug: the details are in the server's log"),
-            ("503", "Storage is unavailable: nothing was recorded, retry later"),
+            ("503", "Storage is unavailable: nothing was recorded (or, if the message says so, the outcome is unknown); retry with the same idempotency key"),
         ]
         .into_iter()
         .map(|(status, description)| {

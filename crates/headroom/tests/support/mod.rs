@@ -2,6 +2,8 @@
 //! with a fresh data directory, and calls to it over HTTP.
 #![allow(dead_code)] // Each test file uses a part.
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitStatus, Stdio};
@@ -93,8 +95,44 @@ impl Server {
     }
 
     pub fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Reply {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let url = format!("{}{path}", self.url);
+        request(&self.url, method, path, token, body).expect("the server answers")
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Process::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.child.wait().unwrap()
+    }
+}
+
+/// One request to the server at `base`; `Err` when it cannot be reached or
+/// the connection drops before the answer (a node that was killed).
+pub fn try_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<Reply, String> {
+    let body = body.map(|body| body.to_string().into_bytes());
+    request(base, method, path, token, body.as_deref()).map_err(|error| error.to_string())
+}
+
+fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<Reply, ureq::Error> {
+    {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(60)))
+            .build()
+            .into();
+        let url = format!("{base}{path}");
         let authorization = token.map(|token| format!("Bearer {token}"));
         let mut response = match (method, body) {
             ("GET", _) => {
@@ -112,24 +150,16 @@ impl Server {
                 }
                 request.header("content-type", "application/json").send(body.unwrap_or_default())
             }
-        }
-        .expect("the server answers");
+        }?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
             .iter()
             .map(|(name, value)| (name.as_str().to_string(), value.to_str().unwrap_or_default().to_string()))
             .collect();
-        let text = response.body_mut().with_config().limit(64 << 20).read_to_string().unwrap();
+        let text = response.body_mut().with_config().limit(64 << 20).read_to_string()?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply { status, headers, body }
-    }
-
-    /// SIGTERM, then the exit status.
-    pub fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Process::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.child.wait().unwrap()
+        Ok(Reply { status, headers, body })
     }
 }
 

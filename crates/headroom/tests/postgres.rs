@@ -1,0 +1,261 @@
+//! Many nodes over one PostgreSQL: three real `headroom serve` processes
+//! over a throwaway PostgreSQL server that the test starts itself, driven
+//! over HTTP by 64 concurrent clients, with a node killed and the database
+//! restarted during the load.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command as Process;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Value, json};
+
+mod support;
+use support::postgres::Postgres;
+use support::*;
+
+/// Windows of 300 units and 1,200 credits at one credit per unit: exactly
+/// 1,500 units can ever be allowed.
+const CATALOG: &str = r#"
+[features.task]
+unit = "task"
+price = 1_000_000
+
+[plans.small]
+[[plans.small.windows]]
+id = "burst"
+meters = "task"
+kind = "anchored"
+capacity = 300
+period = "30d"
+[[plans.small.windows]]
+id = "quarter"
+meters = "task"
+kind = "anchored"
+capacity = 500
+period = "90d"
+"#;
+const WINDOW_UNITS: u64 = 300;
+const CREDIT_UNITS: u64 = 1_200;
+const CLIENTS: usize = 64;
+const NODES: usize = 3;
+
+fn start_node(directory: &Path, database: &str, catalog: &Path) -> Server {
+    let mut command = Process::new(binary());
+    command
+        .env("HEADROOM_STORE", database)
+        .env("HEADROOM_CATALOG", catalog)
+        .env("HEADROOM_NO_DEMO", "true")
+        .env("HEADROOM_POSTGRES_CONNECTIONS", "4");
+    Server::start_with(command, directory, Some(ADMIN))
+}
+
+fn reconcile(postgres: &Postgres) -> (bool, String) {
+    let output = Process::new(binary()).args(["reconcile", "--store", &postgres.url()]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// What the clients saw, for the checks after the load.
+#[derive(Default)]
+struct Seen {
+    /// Key → (decision id, allowed).
+    answers: HashMap<String, (String, bool)>,
+    unavailable: u64,
+    unreachable: u64,
+    replays: u64,
+}
+
+#[test]
+fn three_nodes_over_one_database_allow_exactly_the_headroom_through_a_node_kill_and_a_database_restart() {
+    let directory = Directory::new("postgres-nodes");
+    let postgres = Arc::new(Mutex::new(Postgres::start()));
+    let catalog = directory.0.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let database = postgres.lock().unwrap().url();
+
+    // Three nodes start at once: the schema is made exactly once.
+    let nodes: Vec<Server> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..NODES)
+            .map(|index| {
+                let data = directory.0.join(format!("node-{index}"));
+                let catalog = &catalog;
+                let database = &database;
+                scope.spawn(move || start_node(&data, database, catalog))
+            })
+            .collect();
+        starting.into_iter().map(|node| node.join().unwrap()).collect()
+    });
+    let setup = &nodes[0];
+    setup.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
+    setup.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    let grant = json!({ "kind": "purchase", "credits": CREDIT_UNITS * 1_000_000, "idempotency_key": "setup" });
+    setup.admin("POST", "/v1/accounts/acme/grants", Some(grant)).expect(201, None);
+    // A node that did not set it up sees it.
+    assert_eq!(nodes[2].admin("GET", "/v1/accounts/acme", None).expect(200, None).body["balance"], 1_200_000_000);
+
+    let urls: Arc<RwLock<Vec<String>>> = Arc::new(RwLock::new(nodes.iter().map(|node| node.url.clone()).collect()));
+    let nodes = Arc::new(Mutex::new(nodes));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+
+    // Faults during the load: one node killed and restarted, then the database restarted.
+    let faults = {
+        let (nodes, urls, acknowledged, done, postgres, directory_path, catalog) = (
+            nodes.clone(),
+            urls.clone(),
+            acknowledged.clone(),
+            done.clone(),
+            postgres.clone(),
+            directory.0.clone(),
+            catalog.clone(),
+        );
+        let database = database.clone();
+        std::thread::spawn(move || {
+            let wait_for = |count: u64| {
+                while acknowledged.load(Ordering::SeqCst) < count && !done.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+            };
+            wait_for(300);
+            {
+                let mut nodes = nodes.lock().unwrap();
+                let killed = &mut nodes[1];
+                killed.child.kill().unwrap();
+                killed.child.wait().unwrap();
+            }
+            let restarted = start_node(&directory_path.join("node-1"), &database, &catalog);
+            urls.write().unwrap()[1] = restarted.url.clone();
+            nodes.lock().unwrap()[1] = restarted;
+            wait_for(700);
+            postgres.lock().unwrap().restart();
+        })
+    };
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (urls, seen, acknowledged) = (urls.clone(), seen.clone(), acknowledged.clone());
+            std::thread::spawn(move || {
+                let mut attempt = client;
+                for sequence in 0.. {
+                    let key = format!("c{client}-{sequence}");
+                    let body = json!({ "subject": "ann", "feature": "task", "quantity": 1, "idempotency_key": key });
+                    // Until a definite answer: a node down or the database down is retried, same key.
+                    let reply = loop {
+                        attempt += 1;
+                        let url = urls.read().unwrap()[attempt % NODES].clone();
+                        match try_call(&url, "POST", "/v1/decisions", Some(ADMIN), Some(&body)) {
+                            Ok(reply) if reply.status == 503 => {
+                                assert_eq!(reply.body["error"]["code"], "storage_unavailable", "{reply:?}");
+                                seen.lock().unwrap().unavailable += 1;
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                            Ok(reply) => break reply,
+                            Err(_) => {
+                                seen.lock().unwrap().unreachable += 1;
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                        }
+                    };
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                    let id = reply.body["decision_id"].as_str().unwrap().to_string();
+                    let allowed = reply.body["allowed"].as_bool().unwrap();
+                    seen.lock().unwrap().answers.insert(key.clone(), (id.clone(), allowed));
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                    // Some keys again, on another node: the original decision, nothing charged.
+                    if sequence % 5 == 0 {
+                        let other = urls.read().unwrap()[(attempt + 1) % NODES].clone();
+                        if let Ok(replay) = try_call(&other, "POST", "/v1/decisions", Some(ADMIN), Some(&body))
+                            && replay.status == 200
+                        {
+                            assert_eq!(replay.body["decision_id"], id.as_str(), "{replay:?}");
+                            assert_eq!(replay.body["allowed"], allowed, "{replay:?}");
+                            assert_eq!(replay.header("idempotent-replayed"), Some("true"), "{replay:?}");
+                            seen.lock().unwrap().replays += 1;
+                        }
+                    }
+                    if !allowed {
+                        assert_eq!(reply.body["reason"], "limit_reached", "{reply:?}");
+                        assert_eq!(reply.body["balance"], 0, "{reply:?}");
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    faults.join().unwrap();
+
+    let seen = seen.lock().unwrap();
+    let allowed = seen.answers.values().filter(|(_, allowed)| *allowed).count() as u64;
+    assert_eq!(allowed, WINDOW_UNITS + CREDIT_UNITS, "no overspend and no lost headroom");
+    assert!(seen.unavailable > 0, "clients saw 503 while the database was down");
+    assert!(seen.replays > 0);
+    eprintln!(
+        "allowed {allowed}, answers {}, 503s {}, unreachable {}, replays {}",
+        seen.answers.len(),
+        seen.unavailable,
+        seen.unreachable,
+        seen.replays
+    );
+
+    // Each key charged once, in the database itself, and every allowed
+    // answer a client got is recorded under its decision id: none was lost.
+    let postgres = postgres.lock().unwrap();
+    assert_eq!(postgres.psql("SELECT count(*), count(DISTINCT idempotency_key) FROM usage_events"), "1500|1500");
+    let recorded: HashMap<String, String> = postgres
+        .psql("SELECT idempotency_key || ' ' || decision FROM usage_events")
+        .lines()
+        .map(|line| {
+            let (key, decision) = line.split_once(' ').unwrap();
+            (key.to_string(), decision.to_string())
+        })
+        .collect();
+    for (key, (decision, allowed)) in &seen.answers {
+        assert_eq!(recorded.get(key), allowed.then_some(decision), "key {key}");
+    }
+    let node = nodes.lock().unwrap();
+    // Settlement finishes on its own; then the balance of record is zero.
+    let mut balance = Value::Null;
+    for _ in 0..500 {
+        balance = node[0].admin("GET", "/v1/accounts/acme", None).expect(200, None).body["balance"].clone();
+        if postgres.psql("SELECT count(*) FROM balance_updates WHERE NOT settled") == "0" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(balance, 0);
+    let (clean, report) = reconcile(&postgres);
+    assert!(clean, "{report}");
+    assert!(report.contains("usage events       1500"), "{report}");
+}
+
+#[test]
+fn reconcile_names_a_discrepancy_in_the_database() {
+    let directory = Directory::new("postgres-reconcile");
+    let postgres = Postgres::start();
+    let catalog = directory.0.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let node = start_node(&directory.0.join("node"), &postgres.url(), &catalog);
+    node.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
+    node.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    let grant = json!({ "kind": "purchase", "credits": 5_000_000, "idempotency_key": "setup" });
+    node.admin("POST", "/v1/accounts/acme/grants", Some(grant)).expect(201, None);
+    for index in 0..305 {
+        let body =
+            json!({ "subject": "ann", "feature": "task", "quantity": 1, "idempotency_key": format!("k{index}") });
+        assert_eq!(node.admin("POST", "/v1/decisions", Some(body)).expect(200, None).body["allowed"], true);
+    }
+    let (clean, report) = reconcile(&postgres);
+    assert!(clean, "{report}");
+    // A debit that lost its monetization event.
+    postgres.psql("DELETE FROM balance_updates WHERE sequence = 3 AND account = 'acme'");
+    let (clean, report) = reconcile(&postgres);
+    assert!(!clean, "{report}");
+    assert!(report.contains("balance update sequence 4 follows 2"), "{report}");
+}
