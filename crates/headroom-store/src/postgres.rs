@@ -35,7 +35,8 @@ use std::time::Duration as StdDuration;
 use headroom_core::invariants::EventAudit;
 use headroom_core::*;
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Statement};
 
 use crate::command::{Command, Refusal, Response, apply};
 use crate::embedded::{CommitSizes, CommitStats, REQUEST_QUEUE_DEPTH};
@@ -478,7 +479,7 @@ impl crate::Store for PostgresStore {
 // ----- Workers -----
 
 fn worker(shared: &Shared) {
-    let mut client: Option<Client> = None;
+    let mut client: Option<Connection> = None;
     loop {
         let task = {
             let mut queue = shared.queue.lock().expect("not poisoned");
@@ -492,17 +493,17 @@ fn worker(shared: &Shared) {
                 queue = shared.work.wait(queue).expect("not poisoned");
             }
         };
-        if client.as_ref().is_some_and(Client::is_closed) {
+        if client.as_ref().is_some_and(|connection| connection.client.is_closed()) {
             client = None;
         }
         let connected = match client.take() {
             Some(existing) => Ok(existing),
-            None => connect(&shared.config.url),
+            None => Connection::open(&shared.config.url),
         };
         match task {
             Task::Resolve(jobs) => match connected {
                 Ok(mut connected) => {
-                    if resolve(shared, &mut connected, jobs) {
+                    if resolve(shared, &mut connected.client, jobs) {
                         client = Some(connected);
                     }
                 }
@@ -599,11 +600,11 @@ type Answer = (Reply, Result<Response, StoreError>);
 
 /// Runs one transaction over `works`, again from the start when it lost a
 /// race. Returns the answers, and whether the connection is still usable.
-fn run(shared: &Shared, client: &mut Client, works: Vec<Work>) -> (Vec<Answer>, bool) {
+fn run(shared: &Shared, connection: &mut Connection, works: Vec<Work>) -> (Vec<Answer>, bool) {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match transact(shared, client, &works) {
+        match transact(shared, connection, &works) {
             Ok(Outcome { results, commands }) => {
                 shared.stats.record(commands);
                 let replies = works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| reply);
@@ -617,11 +618,11 @@ fn run(shared: &Shared, client: &mut Client, works: Vec<Work>) -> (Vec<Answer>, 
                     // The database said no: nothing of the transaction happened.
                     Failure::Database(error) | Failure::Commit(error) if error.as_db_error().is_some() => (
                         StoreError::Unavailable(format!("the database refused the transaction: {error}")),
-                        !client.is_closed(),
+                        !connection.client.is_closed(),
                     ),
                     Failure::Database(error) => (unavailable(&error), false),
                     Failure::Commit(error) => (StoreError::Uncertain(format!("the database: {error}")), false),
-                    Failure::Store(error) => (error, !client.is_closed()),
+                    Failure::Store(error) => (error, !connection.client.is_closed()),
                 };
                 let replies =
                     works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| (reply, Err(error.clone())));
@@ -692,21 +693,18 @@ fn idempotency_key(command: &Command) -> Option<&IdempotencyKey> {
     }
 }
 
-fn transact(shared: &Shared, client: &mut Client, works: &[Work]) -> Result<Outcome, Failure> {
+fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Result<Outcome, Failure> {
     let catalog = &shared.catalog;
-    let mut transaction = client.transaction()?;
+    let statements = &connection.statements;
+    let mut transaction = connection.client.transaction()?;
     let mut ids: Vec<&str> = works.iter().map(|work| work.account.as_str()).collect();
     ids.sort_unstable();
 
     // Lock the accounts in id order and read the database's clock.
-    let rows = transaction.query(
-        "SELECT id, state, (extract(epoch FROM clock_timestamp()) * 1000)::int8
-         FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        &[&ids],
-    )?;
+    let rows = transaction.query(&statements.lock, &[&ids])?;
     let mut now_millis = match rows.first() {
         Some(row) => row.get::<_, i64>(2),
-        None => transaction.query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])?.get(0),
+        None => transaction.query_one(&statements.clock, &[])?.get(0),
     };
     let mut before: HashMap<AccountId, AccountState> = HashMap::with_capacity(rows.len());
     for row in &rows {
@@ -730,14 +728,7 @@ fn transact(shared: &Shared, client: &mut Client, works: &[Work]) -> Result<Outc
     let mut states: HashMap<AccountId, AccountState> = before.clone();
     let mut restored: HashMap<(AccountId, IdempotencyKey), StoredKey> = HashMap::new();
     if !key_names.is_empty() {
-        let rows = transaction.query(
-            "SELECT k.account, k.key, k.fingerprint, k.expires_at, k.answer
-             FROM idempotency_keys k
-             JOIN unnest($1::text[], $2::text[]) AS wanted(account, key)
-               ON k.account = wanted.account AND k.key = wanted.key",
-            &[&key_accounts, &key_names],
-        )?;
-        for row in &rows {
+        for row in &transaction.query(&statements.keys, &[&key_accounts, &key_names])? {
             let account = AccountId::new(row.get(0)).map_err(|error| corrupt("account id", error))?;
             let key = IdempotencyKey::new(row.get(1)).map_err(|error| corrupt("idempotency key", error))?;
             let fingerprint: &[u8] = row.get(2);
@@ -760,14 +751,7 @@ fn transact(shared: &Shared, client: &mut Client, works: &[Work]) -> Result<Outc
     let settle_ids: Vec<&str> = works.iter().filter(|work| work.settle).map(|work| work.account.as_str()).collect();
     let mut to_settle: HashMap<AccountId, Vec<BalanceUpdate>> = HashMap::new();
     if !settle_ids.is_empty() {
-        let rows = transaction.query(
-            "SELECT body FROM (
-                SELECT body, account, sequence,
-                       row_number() OVER (PARTITION BY account ORDER BY sequence) AS position
-                FROM balance_updates WHERE account = ANY($1) AND NOT settled
-             ) waiting WHERE position <= $2 ORDER BY account, sequence",
-            &[&settle_ids, &SETTLE_PER_TRANSACTION_MAX],
-        )?;
+        let rows = transaction.query(&statements.unsettled, &[&settle_ids, &SETTLE_PER_TRANSACTION_MAX])?;
         for row in &rows {
             let update: BalanceUpdate = decode(row.get(0), "balance update")?;
             to_settle.entry(update.account.clone()).or_default().push(update);
@@ -785,7 +769,11 @@ fn transact(shared: &Shared, client: &mut Client, works: &[Work]) -> Result<Outc
         .collect();
     let mut owners: HashMap<SubjectId, AccountId> = HashMap::new();
     if !put_subjects.is_empty() {
-        owners = lookup_subjects_in(&mut transaction, &put_subjects)?;
+        for row in transaction.query(&statements.owners, &[&put_subjects])? {
+            let subject = SubjectId::new(row.get(0)).map_err(|error| corrupt("subject id", error))?;
+            let account = AccountId::new(row.get(1)).map_err(|error| corrupt("account id", error))?;
+            owners.insert(subject, account);
+        }
     }
 
     // The core applies everything.
@@ -837,84 +825,135 @@ fn transact(shared: &Shared, client: &mut Client, works: &[Work]) -> Result<Outc
         }
     }
 
-    // Write what changed.
-    let mut update_ids = Vec::new();
-    let mut update_states = Vec::new();
-    let mut update_due = Vec::new();
-    let mut new_ids = Vec::new();
-    let mut new_states = Vec::new();
-    let mut new_due = Vec::new();
-    let mut key_rows = KeyRows::default();
+    // Write what changed, in one statement.
+    let mut rows = Rows::default();
     for mut state in engine.into_accounts() {
         for stored in state.take_keys() {
             // Unchanged keys stay as they are; a key whose retention ended
             // and that a new request took again is written anew.
-            if restored.get(&(state.id().clone(), stored.key.clone())) == Some(&stored) {
-                continue;
+            if restored.get(&(state.id().clone(), stored.key.clone())) != Some(&stored) {
+                rows.key(state.id(), stored);
             }
-            key_rows.accounts.push(state.id().to_string());
-            key_rows.keys.push(stored.key.to_string());
-            key_rows.fingerprints.push(stored.fingerprint.to_le_bytes().to_vec());
-            key_rows.expiries.push(millis(stored.expires_at));
-            key_rows.answers.push(stored.answer.into_vec());
         }
-        let due = state.next_deadline().map(millis);
         match before.get(state.id()) {
             Some(old) if *old == state => {}
-            Some(_) => {
-                update_ids.push(state.id().to_string());
-                update_states.push(encode_state(&state));
-                update_due.push(due);
-            }
-            None => {
-                new_ids.push(state.id().to_string());
-                new_states.push(encode_state(&state));
-                new_due.push(due);
-            }
+            Some(_) => rows.account(&state, false),
+            None => rows.account(&state, true),
         }
     }
-    if !new_ids.is_empty() {
-        transaction.execute(
-            "INSERT INTO accounts (id, state, due_at) SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[])",
-            &[&new_ids, &new_states, &new_due],
-        )?;
-    }
-    if !update_ids.is_empty() {
-        transaction.execute(
-            "UPDATE accounts a SET state = u.state, due_at = u.due_at
-             FROM unnest($1::text[], $2::bytea[], $3::int8[]) AS u(id, state, due_at) WHERE a.id = u.id",
-            &[&update_ids, &update_states, &update_due],
-        )?;
-    }
-    if !writes.subjects.is_empty() {
-        let (subjects, accounts): (Vec<String>, Vec<String>) = writes.subjects.iter().cloned().unzip();
-        // A plain insert: a subject another node gave to an account meanwhile
-        // is a unique violation, and the transaction runs again and sees it.
-        transaction.execute(
-            "INSERT INTO subjects (id, account) SELECT * FROM unnest($1::text[], $2::text[])",
-            &[&subjects, &accounts],
-        )?;
-    }
-    if !key_rows.accounts.is_empty() {
-        transaction.execute(
-            "INSERT INTO idempotency_keys (account, key, fingerprint, expires_at, answer)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::bytea[])
-             ON CONFLICT (account, key) DO UPDATE
-             SET fingerprint = EXCLUDED.fingerprint, expires_at = EXCLUDED.expires_at, answer = EXCLUDED.answer",
-            &[&key_rows.accounts, &key_rows.keys, &key_rows.fingerprints, &key_rows.expiries, &key_rows.answers],
-        )?;
-    }
-    insert_events(&mut transaction, &writes)?;
-    if !writes.settled.is_empty() {
-        transaction.execute("UPDATE balance_updates SET settled = true WHERE id = ANY($1)", &[&writes.settled])?;
-    }
+    rows.events(&writes);
+    transaction.execute(&statements.write, &rows.params())?;
     transaction.commit().map_err(Failure::Commit)?;
     Ok(Outcome { results, commands })
 }
 
-/// Idempotency keys to write, as columns.
+fn millis(at: Timestamp) -> i64 {
+    at.millis().min(i64::MAX as u64) as i64
+}
+
+/// The statements a worker runs, prepared once per connection.
+struct Statements {
+    lock: Statement,
+    clock: Statement,
+    keys: Statement,
+    unsettled: Statement,
+    owners: Statement,
+    write: Statement,
+}
+
+/// A worker's connection with its prepared statements.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+impl Connection {
+    fn open(url: &str) -> Result<Connection, StoreError> {
+        let mut client = connect(url)?;
+        let mut prepare = |sql: &str| client.prepare(sql).map_err(|error| unavailable(&error));
+        let statements = Statements {
+            // Locks the accounts in id order and reads the database's clock.
+            lock: prepare(
+                "SELECT id, state, (extract(epoch FROM clock_timestamp()) * 1000)::int8
+                 FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )?,
+            clock: prepare("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8")?,
+            // One primary-key lookup per (account, key) pair: the `OFFSET 0`
+            // keeps the planner from hashing the whole table instead.
+            keys: prepare(
+                "SELECT k.account, k.key, k.fingerprint, k.expires_at, k.answer
+                 FROM unnest($1::text[], $2::text[]) AS wanted(account, key)
+                 CROSS JOIN LATERAL (
+                    SELECT * FROM idempotency_keys
+                    WHERE account = wanted.account AND key = wanted.key OFFSET 0) k",
+            )?,
+            unsettled: prepare(
+                "SELECT body FROM (
+                    SELECT body, account, sequence,
+                           row_number() OVER (PARTITION BY account ORDER BY sequence) AS position
+                    FROM balance_updates WHERE account = ANY($1) AND NOT settled
+                 ) waiting WHERE position <= $2 ORDER BY account, sequence",
+            )?,
+            owners: prepare("SELECT id, account FROM subjects WHERE id = ANY($1)")?,
+            write: prepare(WRITE)?,
+        };
+        Ok(Connection { client, statements })
+    }
+}
+
+/// Everything a transaction writes, in one statement of data-modifying
+/// parts (one round trip however many commands). A subject is inserted
+/// plainly: one that another node gave to an account meanwhile is a unique
+/// violation, and the transaction runs again and sees it.
+const WRITE: &str = "
+WITH updated AS (
+    UPDATE accounts SET state = ($2::bytea[])[array_position($1::text[], id)],
+                        due_at = ($3::int8[])[array_position($1::text[], id)]
+    WHERE id = ANY($1::text[])
+), created AS (
+    INSERT INTO accounts (id, state, due_at) SELECT * FROM unnest($4::text[], $5::bytea[], $6::int8[])
+), subjects_added AS (
+    INSERT INTO subjects (id, account) SELECT * FROM unnest($7::text[], $8::text[])
+), keys_added AS (
+    INSERT INTO idempotency_keys (account, key, fingerprint, expires_at, answer)
+    SELECT * FROM unnest($9::text[], $10::text[], $11::bytea[], $12::int8[], $13::bytea[])
+    ON CONFLICT (account, key) DO UPDATE
+    SET fingerprint = EXCLUDED.fingerprint, expires_at = EXCLUDED.expires_at, answer = EXCLUDED.answer
+), usage AS (
+    INSERT INTO usage_events (id, account, decision, idempotency_key, subject, feature, quantity, window_units, at, body)
+    SELECT * FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
+                         $20::int8[], $21::int8[], $22::int8[], $23::bytea[])
+), monetization AS (
+    INSERT INTO monetization_events (id, usage_id, account, amount, write_off, at, body)
+    SELECT * FROM unnest($24::text[], $25::text[], $26::text[], $27::int8[], $28::int8[], $29::int8[], $30::bytea[])
+), balance AS (
+    INSERT INTO balance_updates (id, account, sequence, source, delta, cause, monetization_id, at, body)
+    SELECT * FROM unnest($31::text[], $32::text[], $33::int8[], $34::text[], $35::int8[], $36::text[],
+                         $37::text[], $38::int8[], $39::bytea[])
+), corrected AS (
+    INSERT INTO corrections (id, update_id, account, write_off, at, body)
+    SELECT * FROM unnest($40::text[], $41::text[], $42::text[], $43::int8[], $44::int8[], $45::bytea[])
+), settled AS (
+    UPDATE balance_updates SET settled = true WHERE id = ANY($46)
+)
+SELECT 1";
+
+/// The rows of [`WRITE`], column by column.
 #[derive(Default)]
-struct KeyRows {
+struct Rows {
+    updated: (Vec<String>, Vec<Vec<u8>>, Vec<Option<i64>>),
+    created: (Vec<String>, Vec<Vec<u8>>, Vec<Option<i64>>),
+    subjects: (Vec<String>, Vec<String>),
+    keys: KeyColumns,
+    usage: UsageColumns,
+    monetization: MonetizationColumns,
+    balance: BalanceColumns,
+    corrections: CorrectionColumns,
+    settled: Vec<String>,
+}
+
+#[derive(Default)]
+struct KeyColumns {
     accounts: Vec<String>,
     keys: Vec<String>,
     fingerprints: Vec<Vec<u8>>,
@@ -922,131 +961,181 @@ struct KeyRows {
     answers: Vec<Vec<u8>>,
 }
 
-fn millis(at: Timestamp) -> i64 {
-    at.millis().min(i64::MAX as u64) as i64
+#[derive(Default)]
+struct MonetizationColumns {
+    ids: Vec<String>,
+    usages: Vec<String>,
+    accounts: Vec<String>,
+    amounts: Vec<i64>,
+    write_offs: Vec<i64>,
+    ats: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
 }
 
-fn lookup_subjects_in(
-    transaction: &mut Transaction<'_>,
-    subjects: &[&str],
-) -> Result<HashMap<SubjectId, AccountId>, Failure> {
-    let rows = transaction.query("SELECT id, account FROM subjects WHERE id = ANY($1)", &[&subjects])?;
-    let mut found = HashMap::new();
-    for row in &rows {
-        let subject = SubjectId::new(row.get(0)).map_err(|error| corrupt("subject id", error))?;
-        let account = AccountId::new(row.get(1)).map_err(|error| corrupt("account id", error))?;
-        found.insert(subject, account);
+#[derive(Default)]
+struct CorrectionColumns {
+    ids: Vec<String>,
+    updates: Vec<String>,
+    accounts: Vec<String>,
+    write_offs: Vec<i64>,
+    ats: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct UsageColumns {
+    ids: Vec<String>,
+    accounts: Vec<String>,
+    decisions: Vec<String>,
+    keys: Vec<String>,
+    subjects: Vec<String>,
+    features: Vec<String>,
+    quantities: Vec<i64>,
+    window_units: Vec<i64>,
+    ats: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct BalanceColumns {
+    ids: Vec<String>,
+    accounts: Vec<String>,
+    sequences: Vec<i64>,
+    sources: Vec<String>,
+    deltas: Vec<i64>,
+    causes: Vec<&'static str>,
+    monetizations: Vec<Option<String>>,
+    ats: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn account(&mut self, state: &AccountState, new: bool) {
+        let columns = if new { &mut self.created } else { &mut self.updated };
+        columns.0.push(state.id().to_string());
+        columns.1.push(encode_state(state));
+        columns.2.push(state.next_deadline().map(millis));
     }
-    Ok(found)
-}
 
-fn insert_events(transaction: &mut Transaction<'_>, writes: &Writes) -> Result<(), postgres::Error> {
-    if !writes.usage.is_empty() {
-        let count = writes.usage.len();
-        let text = || Vec::<String>::with_capacity(count);
-        let (mut ids, mut accounts, mut decisions, mut keys, mut subjects, mut features) =
-            (text(), text(), text(), text(), text(), text());
-        let (mut quantities, mut window_units, mut ats, mut bodies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    fn key(&mut self, account: &AccountId, stored: StoredKey) {
+        self.keys.accounts.push(account.to_string());
+        self.keys.keys.push(stored.key.to_string());
+        self.keys.fingerprints.push(stored.fingerprint.to_le_bytes().to_vec());
+        self.keys.expiries.push(millis(stored.expires_at));
+        self.keys.answers.push(stored.answer.into_vec());
+    }
+
+    fn events(&mut self, writes: &Writes) {
+        for (subject, account) in &writes.subjects {
+            self.subjects.0.push(subject.clone());
+            self.subjects.1.push(account.clone());
+        }
         for usage in &writes.usage {
-            ids.push(usage.id.to_string());
-            accounts.push(usage.account.to_string());
-            decisions.push(usage.decision.to_string());
-            keys.push(usage.idempotency_key.to_string());
-            subjects.push(usage.subject.to_string());
-            features.push(usage.feature.to_string());
-            quantities.push(usage.quantity as i64);
-            window_units.push(usage.window_units as i64);
-            ats.push(millis(usage.at));
-            bodies.push(encode(usage));
+            let columns = &mut self.usage;
+            columns.ids.push(usage.id.to_string());
+            columns.accounts.push(usage.account.to_string());
+            columns.decisions.push(usage.decision.to_string());
+            columns.keys.push(usage.idempotency_key.to_string());
+            columns.subjects.push(usage.subject.to_string());
+            columns.features.push(usage.feature.to_string());
+            columns.quantities.push(usage.quantity as i64);
+            columns.window_units.push(usage.window_units as i64);
+            columns.ats.push(millis(usage.at));
+            columns.bodies.push(encode(usage));
         }
-        transaction.execute(
-            "INSERT INTO usage_events (id, account, decision, idempotency_key, subject, feature, quantity, window_units, at, body)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::int8[], $8::int8[], $9::int8[], $10::bytea[])",
-            &[&ids, &accounts, &decisions, &keys, &subjects, &features, &quantities, &window_units, &ats, &bodies],
-        )?;
-    }
-    if !writes.monetization.is_empty() {
-        let mut ids = Vec::new();
-        let mut usages = Vec::new();
-        let mut accounts = Vec::new();
-        let mut amounts = Vec::new();
-        let mut write_offs = Vec::new();
-        let mut ats = Vec::new();
-        let mut bodies = Vec::new();
         for monetization in &writes.monetization {
-            ids.push(monetization.id.to_string());
-            usages.push(monetization.usage.to_string());
-            accounts.push(monetization.account.to_string());
-            amounts.push(monetization.amount.micros() as i64);
-            write_offs.push(monetization.write_off.micros() as i64);
-            ats.push(millis(monetization.at));
-            bodies.push(encode(monetization));
+            let columns = &mut self.monetization;
+            columns.ids.push(monetization.id.to_string());
+            columns.usages.push(monetization.usage.to_string());
+            columns.accounts.push(monetization.account.to_string());
+            columns.amounts.push(monetization.amount.micros() as i64);
+            columns.write_offs.push(monetization.write_off.micros() as i64);
+            columns.ats.push(millis(monetization.at));
+            columns.bodies.push(encode(monetization));
         }
-        transaction.execute(
-            "INSERT INTO monetization_events (id, usage_id, account, amount, write_off, at, body)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::bytea[])",
-            &[&ids, &usages, &accounts, &amounts, &write_offs, &ats, &bodies],
-        )?;
-    }
-    if !writes.balance.is_empty() {
-        let mut ids = Vec::new();
-        let mut accounts = Vec::new();
-        let mut sequences = Vec::new();
-        let mut sources = Vec::new();
-        let mut deltas = Vec::new();
-        let mut causes = Vec::new();
-        let mut monetizations = Vec::new();
-        let mut ats = Vec::new();
-        let mut bodies = Vec::new();
         for update in &writes.balance {
-            ids.push(update.id.to_string());
-            accounts.push(update.account.to_string());
-            sequences.push(update.sequence as i64);
-            sources.push(match &update.source {
+            let columns = &mut self.balance;
+            columns.ids.push(update.id.to_string());
+            columns.accounts.push(update.account.to_string());
+            columns.sequences.push(update.sequence as i64);
+            columns.sources.push(match &update.source {
                 BalanceSource::Grant(grant) => grant.to_string(),
                 BalanceSource::Overdraft => "overdraft".to_string(),
             });
-            deltas.push(update.delta);
+            columns.deltas.push(update.delta);
             let (cause, monetization) = match &update.cause {
                 BalanceCause::Debit { monetization } => ("debit", Some(monetization.to_string())),
                 BalanceCause::Grant { .. } => ("grant", None),
                 BalanceCause::Expiry => ("expiry", None),
             };
-            causes.push(cause);
-            monetizations.push(monetization);
-            ats.push(millis(update.at));
-            bodies.push(encode(update));
+            columns.causes.push(cause);
+            columns.monetizations.push(monetization);
+            columns.ats.push(millis(update.at));
+            columns.bodies.push(encode(update));
         }
-        transaction.execute(
-            "INSERT INTO balance_updates (id, account, sequence, source, delta, cause, monetization_id, at, body)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[],
-                                  $7::text[], $8::int8[], $9::bytea[])",
-            &[&ids, &accounts, &sequences, &sources, &deltas, &causes, &monetizations, &ats, &bodies],
-        )?;
-    }
-    if !writes.corrections.is_empty() {
-        let mut ids = Vec::new();
-        let mut updates = Vec::new();
-        let mut accounts = Vec::new();
-        let mut write_offs = Vec::new();
-        let mut ats = Vec::new();
-        let mut bodies = Vec::new();
         for correction in &writes.corrections {
-            ids.push(correction.id.to_string());
-            updates.push(correction.update.to_string());
-            accounts.push(correction.account.to_string());
-            write_offs.push(correction.write_off.micros() as i64);
-            ats.push(millis(correction.at));
-            bodies.push(encode(correction));
+            let columns = &mut self.corrections;
+            columns.ids.push(correction.id.to_string());
+            columns.updates.push(correction.update.to_string());
+            columns.accounts.push(correction.account.to_string());
+            columns.write_offs.push(correction.write_off.micros() as i64);
+            columns.ats.push(millis(correction.at));
+            columns.bodies.push(encode(correction));
         }
-        transaction.execute(
-            "INSERT INTO corrections (id, update_id, account, write_off, at, body)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bytea[])",
-            &[&ids, &updates, &accounts, &write_offs, &ats, &bodies],
-        )?;
+        self.settled.extend(writes.settled.iter().cloned());
     }
-    Ok(())
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let (usage, balance) = (&self.usage, &self.balance);
+        vec![
+            &self.updated.0,
+            &self.updated.1,
+            &self.updated.2,
+            &self.created.0,
+            &self.created.1,
+            &self.created.2,
+            &self.subjects.0,
+            &self.subjects.1,
+            &self.keys.accounts,
+            &self.keys.keys,
+            &self.keys.fingerprints,
+            &self.keys.expiries,
+            &self.keys.answers,
+            &usage.ids,
+            &usage.accounts,
+            &usage.decisions,
+            &usage.keys,
+            &usage.subjects,
+            &usage.features,
+            &usage.quantities,
+            &usage.window_units,
+            &usage.ats,
+            &usage.bodies,
+            &self.monetization.ids,
+            &self.monetization.usages,
+            &self.monetization.accounts,
+            &self.monetization.amounts,
+            &self.monetization.write_offs,
+            &self.monetization.ats,
+            &self.monetization.bodies,
+            &balance.ids,
+            &balance.accounts,
+            &balance.sequences,
+            &balance.sources,
+            &balance.deltas,
+            &balance.causes,
+            &balance.monetizations,
+            &balance.ats,
+            &balance.bodies,
+            &self.corrections.ids,
+            &self.corrections.updates,
+            &self.corrections.accounts,
+            &self.corrections.write_offs,
+            &self.corrections.ats,
+            &self.corrections.bodies,
+            &self.settled,
+        ]
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {

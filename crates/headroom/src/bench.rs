@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod postgres;
 mod redis;
 
 use crate::random::Random;
@@ -85,11 +86,27 @@ pub enum Target {
     Redis,
     /// The same with `appendfsync always`: durable like Headroom.
     RedisFsync,
+    /// `headroom serve --store postgres://…` over a PostgreSQL server that
+    /// the bench starts (initdb into a temporary directory).
+    Postgres,
+    /// The naive PostgreSQL way on such a server: one transaction per
+    /// decision (`SELECT … FOR UPDATE` on the account's row, then `UPDATE`),
+    /// spoken to directly, without HTTP.
+    PostgresNaive,
 }
 
 impl Target {
     fn is_redis(self) -> bool {
         matches!(self, Target::Redis | Target::RedisFsync)
+    }
+
+    /// The baselines Headroom's run on this target is compared with.
+    fn baselines(self) -> &'static [Target] {
+        match self {
+            Target::Headroom => &[Target::Bare, Target::Redis, Target::RedisFsync],
+            Target::Postgres => &[Target::PostgresNaive],
+            _ => &[],
+        }
     }
 }
 
@@ -105,6 +122,8 @@ pub struct BenchConfig {
     pub distribution: Distribution,
     pub mix: Mix,
     pub subjects: u64,
+    /// Subjects per account: with 1, every subject is an account of its own.
+    pub subjects_per_account: u64,
     /// Decisions per call: 1 uses `/v1/decisions`, more the batch route.
     pub batch: usize,
     /// Open loop: decisions per second offered in total, on a fixed
@@ -141,18 +160,28 @@ pub struct BenchReport {
     pub server_cpu_us_per_decision: Option<f64>,
 }
 
-/// Subjects per account: a hot account would otherwise hold every key.
-const SUBJECTS_PER_ACCOUNT: u64 = 100;
-
 pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
-    if config.connections == 0 || config.subjects == 0 || config.batch == 0 {
-        return Err("--connections, --subjects and --batch must be at least 1".to_string());
+    if config.connections == 0 || config.subjects == 0 || config.batch == 0 || config.subjects_per_account == 0 {
+        return Err("--connections, --subjects, --subjects-per-account and --batch must be at least 1".to_string());
     }
     if config.batch > headroom_core::limits::BATCH_DECISIONS_MAX {
         return Err(format!("--batch is at most {}", headroom_core::limits::BATCH_DECISIONS_MAX));
     }
     if config.target.is_redis() {
         return run_redis(&config);
+    }
+    if config.target == Target::PostgresNaive {
+        if config.batch > 1 || matches!(config.mix, Mix::Preview | Mix::Reserve) || config.rate.is_some() {
+            return Err(
+                "the naive PostgreSQL baseline is single decisions, closed loop (--mix within, spill or denied)"
+                    .to_string(),
+            );
+        }
+        if config.server.is_some() {
+            return Err("baselines are always started by the bench".to_string());
+        }
+        let measured = postgres::run_naive(&config)?;
+        return Ok(report(&config, measured));
     }
     let mut started = None;
     let (url, token) = match (config.target, &config.server, &config.token) {
@@ -169,8 +198,8 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
         }
     };
     let address = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// is supported"))?.to_string();
-    if config.target == Target::Headroom {
-        setup(&url, &token, config.subjects, config.mix)?;
+    if matches!(config.target, Target::Headroom | Target::Postgres) {
+        setup(&url, &token, &config)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -195,10 +224,11 @@ fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
     let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1e6;
     BenchReport {
         target: config.target,
-        route: match (config.target.is_redis(), config.batch) {
-            (true, _) => "EVALSHA waterfall",
-            (false, 1) => "/v1/decisions",
-            (false, _) => "/v1/decisions/batch",
+        route: match (config.target, config.batch) {
+            (Target::Redis | Target::RedisFsync, _) => "EVALSHA waterfall",
+            (Target::PostgresNaive, _) => "SELECT FOR UPDATE, UPDATE",
+            (_, 1) => "/v1/decisions",
+            (_, _) => "/v1/decisions/batch",
         },
         distribution: config.distribution,
         mix: config.mix,
@@ -245,7 +275,7 @@ fn run_redis(config: &BenchConfig) -> Result<BenchReport, String> {
             redis::Reply::Text(sha) => String::from_utf8(sha).map_err(|error| error.to_string())?,
             other => return Err(format!("loading the script: {other:?}")),
         };
-        for account in 0..config.subjects.div_ceil(SUBJECTS_PER_ACCOUNT) {
+        for account in 0..config.subjects.div_ceil(config.subjects_per_account) {
             request.clear();
             let key = format!("wallet:bench-account-{account}");
             let credits: &[u8] = if config.mix == Mix::Denied { b"0" } else { b"1000000000000000" };
@@ -254,7 +284,7 @@ fn run_redis(config: &BenchConfig) -> Result<BenchReport, String> {
         }
         Ok::<String, String>(sha)
     })?;
-    let protocol = Protocol::Redis { sha, capacity: config.mix.capacity() };
+    let protocol = Protocol::Redis { sha, capacity: config.mix.capacity(), per_account: config.subjects_per_account };
     let measured = runtime.block_on(drive(config, &server.address, protocol, Some(server.pid())))?;
     Ok(report(config, measured))
 }
@@ -294,6 +324,7 @@ impl BenchReport {
 /// Headroom's throughput against one baseline's, measured in the same run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
+    pub headroom: Target,
     pub baseline: Target,
     /// Headroom's decisions per second over the baseline's.
     pub throughput: f64,
@@ -301,58 +332,74 @@ pub struct Ratio {
 
 impl Ratio {
     pub fn line(&self) -> String {
-        format!("Headroom / {:?}: {:.2}x the throughput", self.baseline, self.throughput)
+        format!("{:?} / {:?}: {:.2}x the throughput", self.headroom, self.baseline, self.throughput)
     }
 }
 
-/// Ratios of the Headroom report to every baseline report, closed-loop
-/// runs only (an open loop's throughput is the rate it was offered).
+/// Ratios of each Headroom report (embedded, PostgreSQL) to its baselines'
+/// reports, closed-loop runs only (an open loop's throughput is the rate it
+/// was offered).
 pub fn ratios(reports: &[BenchReport]) -> Vec<Ratio> {
     let closed: Vec<&BenchReport> = reports.iter().filter(|report| report.offered_rate.is_none()).collect();
-    let Some(headroom) = closed.iter().find(|report| report.target == Target::Headroom) else {
-        return Vec::new();
-    };
-    closed
-        .iter()
-        .filter(|report| report.target != Target::Headroom && report.decisions_per_second > 0.0)
-        .map(|report| Ratio {
-            baseline: report.target,
-            throughput: headroom.decisions_per_second / report.decisions_per_second,
-        })
-        .collect()
+    let mut ratios = Vec::new();
+    for headroom in &closed {
+        for baseline in closed.iter().filter(|report| headroom.target.baselines().contains(&report.target)) {
+            if baseline.decisions_per_second > 0.0 {
+                ratios.push(Ratio {
+                    headroom: headroom.target,
+                    baseline: baseline.target,
+                    throughput: headroom.decisions_per_second / baseline.decisions_per_second,
+                });
+            }
+        }
+    }
+    ratios
 }
 
 fn subject_name(index: u64) -> String {
     format!("bench-{index}")
 }
 
-/// Accounts on plan `enterprise`, with credits enough for any run, and the subjects.
-fn setup(url: &str, token: &str, subjects: u64, mix: Mix) -> Result<(), String> {
+/// Calls that create the bench's accounts at once.
+const SETUP_THREADS: u64 = 8;
+
+/// The accounts on the mix's plan, with credits enough for any run (except
+/// for `denied`), and their subjects; several calls at once.
+fn setup(url: &str, token: &str, config: &BenchConfig) -> Result<(), String> {
     let client = crate::client::Client { server: url.to_string(), token: Some(token.to_string()), json: true };
-    for account in 0..subjects.div_ceil(SUBJECTS_PER_ACCOUNT) {
+    let accounts = config.subjects.div_ceil(config.subjects_per_account);
+    let account_setup = |account: u64| -> Result<(), String> {
         let name = format!("bench-account-{account}");
-        client.put_account(&name, mix.plan(), None).map_err(|error| {
+        client.put_account(&name, config.mix.plan(), None).map_err(|error| {
             format!(
                 "{error} (a server given with --server must run the bench catalog: headroom bench --write-catalog FILE)"
             )
         })?;
-        if mix == Mix::Denied {
-            continue;
+        if config.mix != Mix::Denied {
+            let grant = crate::client::GrantArguments {
+                kind: "purchase".to_string(),
+                credits: "1000000000".to_string(),
+                priority: None,
+                expires_at: None,
+                idempotency_key: format!("bench-credits-{account}"),
+            };
+            client.add_grant(&name, &grant).map_err(|error| error.to_string())?;
         }
-        let grant = crate::client::GrantArguments {
-            kind: "purchase".to_string(),
-            credits: "1000000000".to_string(),
-            priority: None,
-            expires_at: None,
-            idempotency_key: format!("bench-credits-{account}"),
-        };
-        client.add_grant(&name, &grant).map_err(|error| error.to_string())?;
-    }
-    for subject in 0..subjects {
-        let account = format!("bench-account-{}", subject / SUBJECTS_PER_ACCOUNT);
-        client.put_subject(&subject_name(subject), &account, None).map_err(|error| error.to_string())?;
-    }
-    Ok(())
+        let first = account * config.subjects_per_account;
+        for subject in first..(first + config.subjects_per_account).min(config.subjects) {
+            client.put_subject(&subject_name(subject), &name, None).map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..SETUP_THREADS)
+            .map(|thread| {
+                let account_setup = &account_setup;
+                scope.spawn(move || (thread..accounts).step_by(SETUP_THREADS as usize).try_for_each(account_setup))
+            })
+            .collect();
+        threads.into_iter().try_for_each(|thread| thread.join().map_err(|_| "a setup thread panicked".to_string())?)
+    })
 }
 
 /// Draws subjects by the configured distribution.
@@ -400,7 +447,7 @@ impl Subjects {
 #[derive(Clone)]
 enum Protocol {
     Http { token: String, batch: usize, mix: Mix },
-    Redis { sha: String, capacity: &'static [u8] },
+    Redis { sha: String, capacity: &'static [u8], per_account: u64 },
 }
 
 async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Option<u32>) -> Result<Measured, String> {
@@ -560,10 +607,10 @@ impl Worker {
                     self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
                     read_response(&mut self.stream, &mut buffer, false).await?.0 == 200
                 }
-                Protocol::Redis { sha, capacity } => {
+                Protocol::Redis { sha, capacity, per_account } => {
                     sequence += 1;
                     let subject = self.subjects.draw(&mut self.random);
-                    let account = subject / SUBJECTS_PER_ACCOUNT;
+                    let account = subject / per_account;
                     let key = format!("bench-{}-{sequence}", self.connection);
                     // The plan's windows and the price, as Headroom applies them.
                     let keys = [
@@ -677,6 +724,9 @@ struct StartedServer {
     url: String,
     token: String,
     directory: PathBuf,
+    /// The PostgreSQL server of `Target::Postgres`, kept running until the
+    /// node is stopped, then dropped (stopped and removed) after it.
+    _database: Option<crate::throwaway_postgres::Postgres>,
 }
 
 impl StartedServer {
@@ -688,8 +738,9 @@ impl StartedServer {
         let directory = std::env::temp_dir().join(format!("headroom-bench-{}-{}", std::process::id(), &token[..8]));
         let executable = std::env::current_exe().map_err(|error| error.to_string())?;
         let mut command = std::process::Command::new(executable);
+        let mut database = None;
         match target {
-            Target::Headroom => {
+            Target::Headroom | Target::Postgres => {
                 std::fs::create_dir_all(&directory).map_err(|error| error.to_string())?;
                 let catalog = directory.join("bench-catalog.toml");
                 std::fs::write(&catalog, CATALOG).map_err(|error| error.to_string())?;
@@ -697,10 +748,19 @@ impl StartedServer {
                     .args(["serve", "--listen", "127.0.0.1:0", "--no-demo", "--catalog"])
                     .arg(&catalog)
                     .arg("--data-dir")
-                    .arg(directory.join("data"))
+                    .arg(directory.join("data"));
+                if target == Target::Postgres {
+                    let server = postgres::start()?;
+                    command.args(["--store", &server.url()]);
+                    database = Some(server);
+                }
             }
-            Target::Bare => command.args(["bench-bare-server", "--listen", "127.0.0.1:0"]),
-            Target::Redis | Target::RedisFsync => return Err("Redis is started by its own runner".to_string()),
+            Target::Bare => {
+                command.args(["bench-bare-server", "--listen", "127.0.0.1:0"]);
+            }
+            Target::Redis | Target::RedisFsync | Target::PostgresNaive => {
+                return Err("baselines without HTTP are started by their own runners".to_string());
+            }
         };
         let mut child = command
             .env("HEADROOM_ADMIN_TOKEN", &token)
@@ -716,7 +776,7 @@ impl StartedServer {
                 break;
             }
         }
-        let server = StartedServer { child, url: url.unwrap_or_default(), token, directory };
+        let server = StartedServer { child, url: url.unwrap_or_default(), token, directory, _database: database };
         if server.url.is_empty() {
             return Err("the server stopped before listening".to_string());
         }

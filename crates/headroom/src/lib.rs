@@ -1,10 +1,12 @@
-//! The `headroom` command: the simulator now; the server, reconciliation and
-//! the load tool as they arrive.
+//! The `headroom` command: the server, the admin client, the simulator, the
+//! load tool and the throwaway PostgreSQL servers that its baselines and the
+//! tests start.
 
 pub mod bench;
 pub mod client;
 pub mod random;
 pub mod server;
 pub mod simulate;
+pub mod throwaway_postgres;
 pub mod worker;
 pub mod workload;

@@ -65,8 +65,11 @@ enum Action {
         #[arg(long)]
         server: Option<String>,
         /// What to load, one after the other with the same workload:
-        /// `headroom`, and `bare` (an HTTP endpoint that parses the same body
-        /// and answers a fixed decision). Ratios Headroom / baseline follow.
+        /// `headroom` (the embedded store) and its baselines `bare` (an HTTP
+        /// endpoint that parses the same body and answers a fixed decision),
+        /// `redis`, `redis-fsync`; `postgres` (Headroom over a PostgreSQL
+        /// server the bench starts) and its baseline `postgres-naive` (a
+        /// transaction per decision on such a server). Ratios follow.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "headroom")]
         targets: Vec<headroom::bench::Target>,
         /// Concurrent connections, each sending its next request when the last is answered.
@@ -88,6 +91,10 @@ enum Action {
         /// How many subjects (100 per account).
         #[arg(long, default_value_t = 1_000)]
         subjects: u64,
+        /// Subjects per account (each account has its own wallet and
+        /// idempotency keys); 1 makes every subject an account of its own.
+        #[arg(long, default_value_t = 100)]
+        subjects_per_account: u64,
         /// Decisions per call: 1 uses /v1/decisions, more the batch route.
         #[arg(long, default_value_t = 1)]
         batch: usize,
@@ -332,6 +339,7 @@ fn main() -> ExitCode {
             mix,
             write_catalog,
             subjects,
+            subjects_per_account,
             batch,
             rate,
             plot,
@@ -360,6 +368,7 @@ fn main() -> ExitCode {
                     distribution,
                     mix,
                     subjects,
+                    subjects_per_account,
                     batch,
                     rate,
                     json,

@@ -2,7 +2,8 @@
 //! with a fresh data directory, and calls to it over HTTP.
 #![allow(dead_code)] // Each test file uses a part.
 
-pub mod postgres;
+#[allow(unused_imports)] // Only the PostgreSQL tests use it.
+pub use headroom::throwaway_postgres as postgres;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! A throwaway PostgreSQL server for integration tests: `initdb` into a fresh
+//! A throwaway PostgreSQL server for the tests and the load tool's
+//! baselines: `initdb` into a fresh
 //! temporary directory, the postmaster on a free port of 127.0.0.1 with trust
 //! authentication, removed again when dropped.
 //!
