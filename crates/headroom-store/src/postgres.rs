@@ -79,11 +79,17 @@ pub struct PostgresConfig {
     pub queue_depth_max: usize,
 }
 
+/// Transactions run at once by default: one per core. More would mostly
+/// make smaller group commits; the database does the work either way.
+pub fn default_connections() -> usize {
+    std::thread::available_parallelism().map_or(2, |cores| cores.get())
+}
+
 impl PostgresConfig {
     pub fn new(url: impl Into<String>) -> PostgresConfig {
         PostgresConfig {
             url: url.into(),
-            connections: 8,
+            connections: default_connections(),
             sweep_every: StdDuration::from_millis(200),
             queue_depth_max: REQUEST_QUEUE_DEPTH,
         }
@@ -843,6 +849,11 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
     }
     rows.events(&writes);
     transaction.execute(&statements.write, &rows.params())?;
+    // Apart, and only when there is something to mark: with an empty list
+    // the generic plan would still scan the table.
+    if !writes.settled.is_empty() {
+        transaction.execute(&statements.mark_settled, &[&writes.settled])?;
+    }
     transaction.commit().map_err(Failure::Commit)?;
     Ok(Outcome { results, commands })
 }
@@ -859,6 +870,7 @@ struct Statements {
     unsettled: Statement,
     owners: Statement,
     write: Statement,
+    mark_settled: Statement,
 }
 
 /// A worker's connection with its prepared statements.
@@ -896,6 +908,7 @@ impl Connection {
             )?,
             owners: prepare("SELECT id, account FROM subjects WHERE id = ANY($1)")?,
             write: prepare(WRITE)?,
+            mark_settled: prepare("UPDATE balance_updates SET settled = true WHERE id = ANY($1::text[]::uuid[])")?,
         };
         Ok(Connection { client, statements })
     }
@@ -921,20 +934,19 @@ WITH updated AS (
     SET fingerprint = EXCLUDED.fingerprint, expires_at = EXCLUDED.expires_at, answer = EXCLUDED.answer
 ), usage AS (
     INSERT INTO usage_events (id, account, decision, idempotency_key, subject, feature, quantity, window_units, at, body)
-    SELECT * FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
+    SELECT * FROM unnest($14::text[]::uuid[], $15::text[], $16::text[]::uuid[], $17::text[], $18::text[], $19::text[],
                          $20::int8[], $21::int8[], $22::int8[], $23::bytea[])
 ), monetization AS (
     INSERT INTO monetization_events (id, usage_id, account, amount, write_off, at, body)
-    SELECT * FROM unnest($24::text[], $25::text[], $26::text[], $27::int8[], $28::int8[], $29::int8[], $30::bytea[])
+    SELECT * FROM unnest($24::text[]::uuid[], $25::text[]::uuid[], $26::text[], $27::int8[], $28::int8[], $29::int8[],
+                         $30::bytea[])
 ), balance AS (
     INSERT INTO balance_updates (id, account, sequence, source, delta, cause, monetization_id, at, body)
-    SELECT * FROM unnest($31::text[], $32::text[], $33::int8[], $34::text[], $35::int8[], $36::text[],
-                         $37::text[], $38::int8[], $39::bytea[])
+    SELECT * FROM unnest($31::text[]::uuid[], $32::text[], $33::int8[], $34::text[], $35::int8[], $36::text[],
+                         $37::text[]::uuid[], $38::int8[], $39::bytea[])
 ), corrected AS (
     INSERT INTO corrections (id, update_id, account, write_off, at, body)
-    SELECT * FROM unnest($40::text[], $41::text[], $42::text[], $43::int8[], $44::int8[], $45::bytea[])
-), settled AS (
-    UPDATE balance_updates SET settled = true WHERE id = ANY($46)
+    SELECT * FROM unnest($40::text[]::uuid[], $41::text[]::uuid[], $42::text[], $43::int8[], $44::int8[], $45::bytea[])
 )
 SELECT 1";
 
@@ -949,7 +961,6 @@ struct Rows {
     monetization: MonetizationColumns,
     balance: BalanceColumns,
     corrections: CorrectionColumns,
-    settled: Vec<String>,
 }
 
 #[derive(Default)]
@@ -1082,7 +1093,6 @@ impl Rows {
             columns.ats.push(millis(correction.at));
             columns.bodies.push(encode(correction));
         }
-        self.settled.extend(writes.settled.iter().cloned());
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
@@ -1133,7 +1143,6 @@ impl Rows {
             &self.corrections.write_offs,
             &self.corrections.ats,
             &self.corrections.bodies,
-            &self.settled,
         ]
     }
 }

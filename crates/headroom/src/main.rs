@@ -41,8 +41,9 @@ enum Action {
         /// made or migrated on start.
         #[arg(long, env = "HEADROOM_STORE")]
         store: Option<String>,
-        /// With --store: connections that run transactions.
-        #[arg(long, env = "HEADROOM_POSTGRES_CONNECTIONS", default_value_t = 8)]
+        /// With --store: connections that run transactions (default: one per
+        /// core; fewer connections make bigger group commits).
+        #[arg(long, env = "HEADROOM_POSTGRES_CONNECTIONS", default_value_t = headroom_store::postgres::default_connections())]
         postgres_connections: usize,
         /// The catalog (features, plans, windows) in TOML; default: the demo
         /// catalog compiled in (examples/catalog.toml). A data directory keeps
