@@ -259,3 +259,60 @@ fn reconcile_names_a_discrepancy_in_the_database() {
     assert!(!clean, "{report}");
     assert!(report.contains("balance update sequence 4 follows 2"), "{report}");
 }
+
+/// Polls `condition` every 20 ms for up to 20 s: background work on its own schedule.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1_000 {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{what} did not happen within 20 s");
+}
+
+#[test]
+fn the_sweeper_expires_reservations_and_grants_with_no_request_and_settles_the_expiry() {
+    let directory = Directory::new("postgres-sweeper");
+    let postgres = Postgres::start();
+    let catalog = directory.0.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let node = start_node(&directory.0.join("node"), &postgres.url(), &catalog);
+    node.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
+    node.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    let soon = headroom_core::Clock::now(&headroom_store::SystemClock)
+        .saturating_add(headroom_core::Duration::from_seconds(2))
+        .to_string();
+    let grants = [
+        json!({ "kind": "promotion", "credits": 10_000_000, "expires_at": soon, "idempotency_key": "short" }),
+        json!({ "kind": "purchase", "credits": 5_000_000, "idempotency_key": "kept" }),
+    ];
+    for grant in grants {
+        node.admin("POST", "/v1/accounts/acme/grants", Some(grant)).expect(201, None);
+    }
+    // Holds the windows' 300 units and 8 credits of the expiring promotion for one second.
+    let reserve =
+        json!({ "subject": "ann", "feature": "task", "quantity": 308, "lifetime_s": 1, "idempotency_key": "r" });
+    let reserved = node.admin("POST", "/v1/reservations", Some(reserve)).expect(200, None);
+    assert_eq!(reserved.body["allowed"], true, "{reserved:?}");
+    assert_eq!(node.admin("GET", "/v1/accounts/acme", None).expect(200, None).body["balance"], 7_000_000);
+
+    // Nobody calls; the sweeper releases the hold when the reservation expires…
+    eventually("the reservation's expiry", || {
+        let usage = node.admin("GET", "/v1/subjects/ann/usage", None).expect(200, None);
+        usage.body["windows"][0]["remaining"] == 300
+    });
+    // …and lets the promotion's unspent credits lapse at its expiry, with a
+    // ledger entry that settlement then applies.
+    eventually("the grant's expiry, settled", || {
+        let ledger = node.admin("GET", "/v1/accounts/acme/ledger", None).expect(200, None);
+        ledger.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["cause"] == "expiry" && entry["delta"] == -10_000_000 && entry["settled"] == true)
+    });
+    assert_eq!(node.admin("GET", "/v1/accounts/acme", None).expect(200, None).body["balance"], 5_000_000);
+    let (clean, report) = reconcile(&postgres);
+    assert!(clean, "{report}");
+}
