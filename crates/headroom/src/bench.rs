@@ -901,23 +901,33 @@ pub fn markdown(command: &str, reports: &[BenchReport], ratios: &[Ratio]) -> Str
     out
 }
 
-/// Replaces what stands between the markers of `path` with `section`
-/// (the file is made, markers included, if missing).
-pub fn write_section(path: &std::path::Path, section: &str) -> Result<(), String> {
-    const BEGIN: &str = "<!-- bench:begin -->";
-    const END: &str = "<!-- bench:end -->";
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => format!("{BEGIN}\n{END}\n"),
+/// Replaces what stands between the markers of section `name` in `path`
+/// (`<!-- name:begin -->`, `<!-- name:end -->`) with `text`. Markers that
+/// are missing are added at the end of the file, which is made if missing.
+pub fn write_section(path: &std::path::Path, name: &str, text: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|character| character.is_ascii_alphanumeric() || character == '-') {
+        return Err(format!("--section {name:?}: letters, digits and '-' only"));
+    }
+    let begin_marker = format!("<!-- {name}:begin -->");
+    let end_marker = format!("<!-- {name}:end -->");
+    let mut file = match std::fs::read_to_string(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(error) => return Err(error.to_string()),
     };
-    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-        return Err(format!("the file has no {BEGIN} … {END} section"));
+    if !file.contains(&begin_marker) && !file.contains(&end_marker) {
+        if !file.is_empty() && !file.ends_with('\n') {
+            file.push('\n');
+        }
+        file.push_str(&format!("{begin_marker}\n{end_marker}\n"));
+    }
+    let (Some(begin), Some(end)) = (file.find(&begin_marker), file.find(&end_marker)) else {
+        return Err(format!("the file has {begin_marker} or {end_marker} but not both"));
     };
     if end < begin {
-        return Err(format!("{END} comes before {BEGIN}"));
+        return Err(format!("{end_marker} comes before {begin_marker}"));
     }
-    let updated = format!("{}{BEGIN}\n{section}{}", &text[..begin], &text[end..]);
+    let updated = format!("{}{begin_marker}\n{text}{}", &file[..begin], &file[end..]);
     std::fs::write(path, updated).map_err(|error| error.to_string())
 }
 
@@ -1058,11 +1068,21 @@ mod markdown_tests {
     fn only_the_marked_section_is_rewritten() {
         let path = std::env::temp_dir().join(format!("headroom-bench-section-{}.md", std::process::id()));
         std::fs::write(&path, "# Title\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n## Kept\n").unwrap();
-        write_section(&path, "new\n").unwrap();
+        write_section(&path, "bench", "new\n").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "# Title\n<!-- bench:begin -->\nnew\n<!-- bench:end -->\n## Kept\n");
-        std::fs::write(&path, "no markers").unwrap();
-        assert!(write_section(&path, "new\n").is_err());
+        // Another section is added at the end, then rewritten in place.
+        write_section(&path, "postgres-hot", "first\n").unwrap();
+        write_section(&path, "postgres-hot", "second\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "# Title\n<!-- bench:begin -->\nnew\n<!-- bench:end -->\n## Kept\n\
+             <!-- postgres-hot:begin -->\nsecond\n<!-- postgres-hot:end -->\n"
+        );
+        std::fs::write(&path, "only <!-- bench:end -->").unwrap();
+        assert!(write_section(&path, "bench", "new\n").is_err());
+        assert!(write_section(&path, "no spaces", "new\n").is_err());
         std::fs::remove_file(&path).unwrap();
     }
 }

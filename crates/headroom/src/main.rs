@@ -110,10 +110,14 @@ enum Action {
         #[arg(long)]
         plot: Option<PathBuf>,
         /// Write the results into this Markdown file, between its
-        /// `<!-- bench:begin -->` and `<!-- bench:end -->` lines (the rest of
-        /// the file is kept): the machine, this command, the table and the ratios.
+        /// `<!-- SECTION:begin -->` and `<!-- SECTION:end -->` lines (the rest
+        /// of the file is kept; the lines are added at the end if missing):
+        /// the machine, this command, the table and the ratios.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// The section of --markdown to write.
+        #[arg(long, default_value = "bench")]
+        section: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -345,6 +349,7 @@ fn main() -> ExitCode {
             rate,
             plot,
             markdown,
+            section,
             json,
         } => {
             if let Some(path) = write_catalog {
@@ -403,8 +408,8 @@ fn main() -> ExitCode {
             let ratios = headroom::bench::ratios(&reports);
             if let Some(path) = &markdown {
                 let command: Vec<String> = std::env::args().skip(1).collect();
-                let section = headroom::bench::markdown(&format!("headroom {}", command.join(" ")), &reports, &ratios);
-                if let Err(error) = headroom::bench::write_section(path, &section) {
+                let text = headroom::bench::markdown(&format!("headroom {}", command.join(" ")), &reports, &ratios);
+                if let Err(error) = headroom::bench::write_section(path, &section, &text) {
                     eprintln!("headroom: {}: {error}", path.display());
                     return ExitCode::FAILURE;
                 }

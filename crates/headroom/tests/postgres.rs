@@ -316,3 +316,22 @@ fn the_sweeper_expires_reservations_and_grants_with_no_request_and_settles_the_e
     let (clean, report) = reconcile(&postgres);
     assert!(clean, "{report}");
 }
+
+#[test]
+fn the_bench_compares_headroom_over_postgresql_with_a_transaction_per_decision() {
+    let output = Process::new(binary())
+        .args(["bench", "--targets", "postgres,postgres-naive", "--seconds", "1", "--connections", "4"])
+        .args(["--distribution", "uniform", "--subjects", "20", "--subjects-per-account", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (report, target) in run["reports"].as_array().unwrap().iter().zip(["postgres", "postgres_naive"]) {
+        assert_eq!(report["target"], target, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert!(report["decisions"].as_u64().unwrap() > 0, "{report}");
+    }
+    let ratio = &run["ratios"][0];
+    assert_eq!((ratio["headroom"].as_str(), ratio["baseline"].as_str()), (Some("postgres"), Some("postgres_naive")));
+    assert!(ratio["throughput"].as_f64().unwrap() > 0.0, "{ratio}");
+}
