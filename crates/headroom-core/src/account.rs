@@ -706,12 +706,15 @@ impl AccountState {
     /// credits left. A store's sweep advances the account then.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let reservation = self.reservation_expiries.first().map(|(expires_at, _)| *expires_at);
+        // A grant that expired by the last advance already lapsed: what it
+        // still holds returns with its reservation, whose expiry counts.
         let grant = self
             .wallet
             .grants
             .iter()
             .filter(|grant| !grant.available().is_zero() || !grant.held.is_zero())
             .filter_map(|grant| grant.expires_at)
+            .filter(|expires_at| *expires_at > self.last_seen)
             .min();
         reservation.into_iter().chain(grant).min()
     }

@@ -55,14 +55,27 @@ const ATTEMPTS_MAX: usize = 8;
 const SETTLE_PER_TRANSACTION_MAX: i64 = 4_096;
 /// Accounts the sweeper queues per round, for settlement and for advancing.
 const SWEEP_ACCOUNTS_MAX: i64 = 1_000;
-/// Expired idempotency keys deleted per statement, about once a minute.
+/// Expired idempotency keys deleted per statement, about once a minute, and
+/// statements per cleanup (a million keys a minute at most).
 const KEY_CLEANUP_ROWS_MAX: i64 = 10_000;
+const KEY_CLEANUP_STATEMENTS_MAX: usize = 100;
 const KEY_CLEANUP_EVERY: StdDuration = StdDuration::from_secs(60);
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+/// Idle time before TCP keepalives probe a connection.
+const KEEPALIVE_IDLE: StdDuration = StdDuration::from_secs(10);
+/// How long a transaction waits for an account's row lock.
+const LOCK_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// How long a session may sit in an open transaction doing nothing.
+const IDLE_IN_TRANSACTION_TIMEOUT: StdDuration = StdDuration::from_secs(30);
 /// A session-level advisory lock held while migrating, so that nodes
 /// starting together migrate one after the other.
 const MIGRATION_LOCK: i64 = 0x6865_6164_726f_6f6d; // "headroom"
+
+/// The encoding of the states, answers and event bodies stored (postcard
+/// of the core's types): a node that reads another format refuses to start,
+/// rather than decode bytes it would misread.
+const STATE_FORMAT: &str = "1";
 
 /// The schema, in order; each applied once, recorded in `headroom_migrations`.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/0001_schema.sql"))];
@@ -215,6 +228,14 @@ fn connect(url: &str) -> Result<Client, StoreError> {
         url.parse().map_err(|error| StoreError::Unavailable(format!("the database URL: {error}")))?;
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives(true);
+    config.keepalives_idle(KEEPALIVE_IDLE);
+    // A node cut off while holding row locks must not hold them for long:
+    // its session ends, and other nodes waiting on a lock give up (503) instead of waiting.
+    config.options(&format!(
+        "-c lock_timeout={}ms -c idle_in_transaction_session_timeout={}ms",
+        LOCK_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    ));
     config.application_name("headroom");
     config.connect(NoTls).map_err(|error| unavailable(&error))
 }
@@ -443,7 +464,11 @@ impl crate::Store for PostgresStore {
             | Command::Release { account, .. }
             | Command::AddGrant { account, .. }
             | Command::AdvanceAccount(account) => Some(account.clone()),
-            Command::Settle(update) => Some(update.account.clone()),
+            Command::Settle(_) => {
+                return reply(Err(StoreError::Unavailable(
+                    "the PostgreSQL store settles by itself, from the stored balance updates".to_string(),
+                )));
+            }
             Command::Decide(DecisionRequest { subject, .. }) | Command::Reserve(ReserveRequest { subject, .. }) => {
                 self.shared.subjects.read().expect("not poisoned").get(subject).cloned()
             }
@@ -610,7 +635,15 @@ fn run(shared: &Shared, connection: &mut Connection, works: Vec<Work>) -> (Vec<A
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match transact(shared, connection, &works) {
+        // A panic in the core or in decoding fails this batch, not the
+        // worker: its accounts must be finished, or they would wait forever.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| transact(shared, connection, &works)))
+            .unwrap_or_else(|_| {
+                Err(Failure::Panic(StoreError::Unavailable(
+                    "an internal error stopped the transaction; nothing was recorded".to_string(),
+                )))
+            });
+        match outcome {
             Ok(Outcome { results, commands }) => {
                 shared.stats.record(commands);
                 let replies = works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| reply);
@@ -629,6 +662,8 @@ fn run(shared: &Shared, connection: &mut Connection, works: Vec<Work>) -> (Vec<A
                     Failure::Database(error) => (unavailable(&error), false),
                     Failure::Commit(error) => (StoreError::Uncertain(format!("the database: {error}")), false),
                     Failure::Store(error) => (error, !connection.client.is_closed()),
+                    // The transaction was dropped mid-way: start again on a new connection.
+                    Failure::Panic(error) => (error, false),
                 };
                 let replies =
                     works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| (reply, Err(error.clone())));
@@ -644,6 +679,7 @@ enum Failure {
     /// transaction may have committed.
     Commit(postgres::Error),
     Store(StoreError),
+    Panic(StoreError),
 }
 
 impl From<postgres::Error> for Failure {
@@ -702,7 +738,10 @@ fn idempotency_key(command: &Command) -> Option<&IdempotencyKey> {
 fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Result<Outcome, Failure> {
     let catalog = &shared.catalog;
     let statements = &connection.statements;
-    let mut transaction = connection.client.transaction()?;
+    // Read committed on purpose: each statement after the row locks sees
+    // what the previous holder of the locks committed.
+    let mut transaction =
+        connection.client.build_transaction().isolation_level(postgres::IsolationLevel::ReadCommitted).start()?;
     let mut ids: Vec<&str> = works.iter().map(|work| work.account.as_str()).collect();
     ids.sort_unstable();
 
@@ -1169,6 +1208,7 @@ fn sweep(shared: &Shared) {
     let mut client: Option<Client> = None;
     let cleanup_every = (KEY_CLEANUP_EVERY.as_millis() / shared.config.sweep_every.as_millis().max(1)).max(1) as u64;
     let mut rounds = 0u64;
+    let mut after = String::new();
     loop {
         {
             let (stop, wake) = &shared.sweeper;
@@ -1183,19 +1223,32 @@ fn sweep(shared: &Shared) {
         }
         let Some(connected) = client.as_mut() else { continue };
         rounds += 1;
-        if sweep_once(shared, connected, rounds.is_multiple_of(cleanup_every)).is_err() {
-            client = None;
+        match sweep_once(shared, connected, &after, rounds.is_multiple_of(cleanup_every)) {
+            Ok(next) => after = next,
+            Err(_) => client = None,
         }
     }
 }
 
-fn sweep_once(shared: &Shared, client: &mut Client, cleanup: bool) -> Result<(), postgres::Error> {
-    let unsettled = client
-        .query("SELECT DISTINCT account FROM balance_updates WHERE NOT settled LIMIT $1", &[&SWEEP_ACCOUNTS_MAX])?;
+/// One round: queues settlement for accounts with unsettled updates (from
+/// `after`, the last account of the previous round, so that every account
+/// gets its turn however many there are), and advancing for accounts whose
+/// deadline passed, oldest first. Returns where the next round starts.
+fn sweep_once(shared: &Shared, client: &mut Client, after: &str, cleanup: bool) -> Result<String, postgres::Error> {
+    let unsettled = client.query(
+        "SELECT DISTINCT account FROM balance_updates WHERE NOT settled AND account > $1 ORDER BY account LIMIT $2",
+        &[&after, &SWEEP_ACCOUNTS_MAX],
+    )?;
     let due = client.query(
-        "SELECT id FROM accounts WHERE due_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8 LIMIT $1",
+        "SELECT id FROM accounts WHERE due_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8
+         ORDER BY due_at LIMIT $1",
         &[&SWEEP_ACCOUNTS_MAX],
     )?;
+    // A short page means the end: the next round starts from the beginning.
+    let next = match unsettled.last() {
+        Some(row) if unsettled.len() as i64 == SWEEP_ACCOUNTS_MAX => row.get::<_, &str>(0).to_string(),
+        _ => String::new(),
+    };
     for row in &unsettled {
         if let Ok(account) = AccountId::new(row.get(0)) {
             shared.enqueue(account, |pending| pending.settle = true);
@@ -1207,15 +1260,21 @@ fn sweep_once(shared: &Shared, client: &mut Client, cleanup: bool) -> Result<(),
         }
     }
     if cleanup {
-        // Forgetting a key changes no money: its events were recorded with its answer.
-        client.execute(
-            "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-                SELECT ctid FROM idempotency_keys
-                WHERE expires_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8 LIMIT $1))",
-            &[&KEY_CLEANUP_ROWS_MAX],
-        )?;
+        // Forgetting a key changes no money: its events were recorded with
+        // its answer. In bounded statements, as long as full ones come back.
+        for _ in 0..KEY_CLEANUP_STATEMENTS_MAX {
+            let deleted = client.execute(
+                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM idempotency_keys
+                    WHERE expires_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8 LIMIT $1))",
+                &[&KEY_CLEANUP_ROWS_MAX],
+            )?;
+            if deleted < KEY_CLEANUP_ROWS_MAX as u64 {
+                break;
+            }
+        }
     }
-    Ok(())
+    Ok(next)
 }
 
 // ----- Migrations -----
@@ -1245,17 +1304,26 @@ fn migrate(client: &mut Client, catalog: &Catalog) -> Result<(), StoreError> {
             }
             transaction.commit().map_err(failed)?;
         }
-        let recorded: String = client
-            .query_one(
-                "WITH inserted AS (
-                    INSERT INTO headroom_settings (key, value) VALUES ('catalog', $1)
-                    ON CONFLICT (key) DO NOTHING RETURNING value)
-                 SELECT value FROM inserted UNION ALL SELECT value FROM headroom_settings WHERE key = 'catalog'",
-                &[&catalog.source()],
-            )
-            .map_err(failed)?
-            .get(0);
-        if recorded != catalog.source() {
+        // The first node records them; the others must agree.
+        let mut recorded = |key: &str, value: &str| -> Result<String, StoreError> {
+            let row = client
+                .query_one(
+                    "WITH inserted AS (
+                        INSERT INTO headroom_settings (key, value) VALUES ($1, $2)
+                        ON CONFLICT (key) DO NOTHING RETURNING value)
+                     SELECT value FROM inserted UNION ALL SELECT value FROM headroom_settings WHERE key = $1",
+                    &[&key, &value],
+                )
+                .map_err(failed)?;
+            Ok(row.get(0))
+        };
+        let format = recorded("format", STATE_FORMAT)?;
+        if format != STATE_FORMAT {
+            return Err(StoreError::Unavailable(format!(
+                "the database holds states in format {format}, this headroom reads format {STATE_FORMAT}"
+            )));
+        }
+        if recorded("catalog", catalog.source())? != catalog.source() {
             return Err(StoreError::CatalogChanged { path: "headroom_settings.catalog".into() });
         }
         Ok(())
@@ -1328,12 +1396,14 @@ pub fn reconcile(url: &str) -> Result<ReconcileReport, StoreError> {
     }
     let mut ledger: HashMap<AccountId, i128> = HashMap::new();
     let mut settled_through: HashMap<AccountId, u64> = HashMap::new();
+    let mut updates_per_account: HashMap<AccountId, u64> = HashMap::new();
     for row in transaction
         .query("SELECT body, settled FROM balance_updates ORDER BY account, sequence", &[])
         .map_err(failed)?
     {
         let update: BalanceUpdate = decode(row.get(0), "balance update")?;
         let settled: bool = row.get(1);
+        *updates_per_account.entry(update.account.clone()).or_default() += 1;
         let expected = engine.account(&update.account).map(AccountState::settled_through);
         match expected {
             None => problems.push(format!("balance update {} names unknown account {}", update.id, update.account)),
@@ -1372,6 +1442,12 @@ pub fn reconcile(url: &str) -> Result<ReconcileReport, StoreError> {
                 account.id(),
                 account.wallet().settled_balance()
             ));
+        }
+        let recorded = updates_per_account.get(account.id()).copied().unwrap_or(0);
+        let decided = account.settled_through() + account.unsettled();
+        if recorded != decided {
+            problems
+                .push(format!("account {}: {decided} balance updates decided but {recorded} recorded", account.id()));
         }
         let through = settled_through.get(account.id()).copied().unwrap_or(0);
         if through != account.settled_through() {

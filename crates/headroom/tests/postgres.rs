@@ -253,7 +253,14 @@ fn reconcile_names_a_discrepancy_in_the_database() {
     }
     let (clean, report) = reconcile(&postgres);
     assert!(clean, "{report}");
-    // A debit that lost its monetization event.
+    // The newest balance update lost: no gap shows, the count does.
+    postgres.psql(
+        "DELETE FROM balance_updates WHERE account = 'acme' AND sequence = (SELECT max(sequence) FROM balance_updates)",
+    );
+    let (clean, report) = reconcile(&postgres);
+    assert!(!clean, "{report}");
+    assert!(report.contains("account acme: 6 balance updates decided but 5 recorded"), "{report}");
+    // One in the middle lost as well.
     postgres.psql("DELETE FROM balance_updates WHERE sequence = 3 AND account = 'acme'");
     let (clean, report) = reconcile(&postgres);
     assert!(!clean, "{report}");
