@@ -46,6 +46,10 @@ use crate::{Reply, StoreError};
 
 /// Most accounts locked by one transaction.
 pub const ACCOUNTS_PER_TRANSACTION_MAX: usize = 64;
+/// While another transaction is in flight, a worker waits for this many
+/// accounts with work, or for [`GATHER_WAIT`], before it starts one.
+const GATHER_ACCOUNTS_MIN: usize = 8;
+const GATHER_WAIT: StdDuration = StdDuration::from_micros(500);
 /// Most commands of one account in one transaction.
 pub const COMMANDS_PER_ACCOUNT_MAX: usize = 1_024;
 /// Attempts of one transaction that lost a race (serialization failure,
@@ -135,6 +139,8 @@ struct Queue {
     /// Commands whose subject's account is not known yet.
     unresolved: Vec<(Command, Reply)>,
     waiting: usize,
+    /// Transactions in flight.
+    transactions: usize,
     closed: bool,
 }
 
@@ -176,11 +182,17 @@ impl Queue {
         }
     }
 
-    fn take(&mut self) -> Option<Task> {
+    /// The next task. Unless `eager`, a worker leaves a small batch to grow
+    /// while another transaction is in flight (its commit ends soon and
+    /// frees a worker anyway): bigger group commits, fewer transactions.
+    fn take(&mut self, eager: bool) -> Option<Task> {
         if !self.unresolved.is_empty() {
             let jobs = std::mem::take(&mut self.unresolved);
             self.waiting -= jobs.len();
             return Some(Task::Resolve(jobs));
+        }
+        if !eager && self.transactions > 0 && self.ready.len() < GATHER_ACCOUNTS_MIN {
+            return None;
         }
         let mut works = Vec::new();
         while works.len() < ACCOUNTS_PER_TRANSACTION_MAX {
@@ -198,10 +210,15 @@ impl Queue {
                 advance: std::mem::take(&mut pending.advance),
             });
         }
-        (!works.is_empty()).then_some(Task::Transaction(works))
+        if works.is_empty() {
+            return None;
+        }
+        self.transactions += 1;
+        Some(Task::Transaction(works))
     }
 
     fn finished(&mut self, accounts: impl Iterator<Item = AccountId>) {
+        self.transactions -= 1;
         for account in accounts {
             let pending = self.accounts.get_mut(&account).expect("an account in flight is pending");
             pending.in_flight = false;
@@ -515,13 +532,23 @@ fn worker(shared: &Shared) {
         let task = {
             let mut queue = shared.queue.lock().expect("not poisoned");
             loop {
-                if let Some(task) = queue.take() {
+                let eager = queue.closed;
+                if let Some(task) = queue.take(eager) {
                     break task;
                 }
-                if queue.closed {
+                if queue.closed && queue.ready.is_empty() {
                     return;
                 }
-                queue = shared.work.wait(queue).expect("not poisoned");
+                if queue.ready.is_empty() {
+                    queue = shared.work.wait(queue).expect("not poisoned");
+                    continue;
+                }
+                // Work waits, but little: give it a moment to grow.
+                let (waited, _) = shared.work.wait_timeout(queue, GATHER_WAIT).expect("not poisoned");
+                queue = waited;
+                if let Some(task) = queue.take(true) {
+                    break task;
+                }
             }
         };
         if client.as_ref().is_some_and(|connection| connection.client.is_closed()) {
