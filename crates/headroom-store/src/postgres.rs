@@ -1267,7 +1267,8 @@ fn sweep_once(shared: &Shared, client: &mut Client, after: &str, cleanup: bool) 
         &[&after, &SWEEP_ACCOUNTS_MAX],
     )?;
     let due = client.query(
-        "SELECT id FROM accounts WHERE due_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8
+        // now(), not clock_timestamp(): a stable time can be an index condition.
+        "SELECT id FROM accounts WHERE due_at <= (extract(epoch FROM now()) * 1000)::int8
          ORDER BY due_at LIMIT $1",
         &[&SWEEP_ACCOUNTS_MAX],
     )?;
@@ -1293,7 +1294,7 @@ fn sweep_once(shared: &Shared, client: &mut Client, after: &str, cleanup: bool) 
             let deleted = client.execute(
                 "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM idempotency_keys
-                    WHERE expires_at <= (extract(epoch FROM clock_timestamp()) * 1000)::int8 LIMIT $1))",
+                    WHERE expires_at <= (extract(epoch FROM now()) * 1000)::int8 LIMIT $1))",
                 &[&KEY_CLEANUP_ROWS_MAX],
             )?;
             if deleted < KEY_CLEANUP_ROWS_MAX as u64 {
