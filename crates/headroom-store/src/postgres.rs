@@ -82,7 +82,8 @@ const MIGRATION_LOCK: i64 = 0x6865_6164_726f_6f6d; // "headroom"
 const STATE_FORMAT: &str = "1";
 
 /// The schema, in order; each applied once, recorded in `headroom_migrations`.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres/0001_schema.sql"))];
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("postgres/0001_schema.sql")), (2, include_str!("postgres/0002_tokens.sql"))];
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -355,6 +356,30 @@ impl PostgresStore {
                 .query_opt("SELECT state FROM accounts WHERE id = $1", &[&account.as_str()])
                 .map_err(|error| unavailable(&error))?;
             row.map(|row| decode_state(row.get(0))).transpose()
+        })
+    }
+
+    /// Stores a token's record (kept as given, JSON) for every node; an id
+    /// already taken is refused.
+    pub fn put_token(&self, id: &str, record: &str) -> Result<(), StoreError> {
+        self.shared.read(|client| {
+            let inserted = client
+                .execute("INSERT INTO tokens (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", &[&id, &record])
+                .map_err(|error| unavailable(&error))?;
+            match inserted {
+                1 => Ok(()),
+                _ => Err(StoreError::Unavailable(format!("token id {id} is taken"))),
+            }
+        })
+    }
+
+    /// A token's record, as stored by [`PostgresStore::put_token`].
+    pub fn token(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.shared.read(|client| {
+            let row = client
+                .query_opt("SELECT record FROM tokens WHERE id = $1", &[&id])
+                .map_err(|error| unavailable(&error))?;
+            Ok(row.map(|row| row.get(0)))
         })
     }
 

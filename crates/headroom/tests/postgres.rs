@@ -342,3 +342,27 @@ fn the_bench_compares_headroom_over_postgresql_with_a_transaction_per_decision()
     assert_eq!((ratio["headroom"].as_str(), ratio["baseline"].as_str()), (Some("postgres"), Some("postgres_naive")));
     assert!(ratio["throughput"].as_f64().unwrap() > 0.0, "{ratio}");
 }
+
+#[test]
+fn a_token_made_on_one_node_works_on_another() {
+    let directory = Directory::new("postgres-tokens");
+    let postgres = Postgres::start();
+    let catalog = directory.0.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let one = start_node(&directory.0.join("one"), &postgres.url(), &catalog);
+    let two = start_node(&directory.0.join("two"), &postgres.url(), &catalog);
+    one.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
+    one.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    let made = one.admin("POST", "/v1/tokens", Some(json!({ "kind": "service", "account": "acme" }))).expect(201, None);
+    let token = made.body["token"].as_str().unwrap().to_string();
+    let body = json!({ "subject": "ann", "feature": "task", "quantity": 1, "idempotency_key": "k" });
+    let decided = two.call("POST", "/v1/decisions", Some(&token), Some(body)).expect(200, None);
+    assert_eq!(decided.body["allowed"], true, "{decided:?}");
+    // Limited to its account on the other node too; a forged secret is refused.
+    two.call("GET", "/v1/accounts/other", Some(&token), None).expect(403, Some("forbidden"));
+    let last = if token.ends_with('0') { "1" } else { "0" };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
+    two.call("GET", "/v1/subjects/ann/usage", Some(&forged), None).expect(401, Some("unauthorized"));
+    assert_eq!(postgres.psql("SELECT count(*) FROM tokens"), "1");
+    assert!(!postgres.psql("SELECT record FROM tokens").contains(&token[token.len() - 20..]), "only the hash is kept");
+}

@@ -107,6 +107,17 @@ pub struct Tokens {
     /// By token id; the id is the token's public prefix.
     records: RwLock<BTreeMap<String, TokenRecord>>,
     writing: Mutex<()>,
+    /// With PostgreSQL, tokens live there, for every node; `records` caches
+    /// them (a token never changes once made).
+    shared: Option<std::sync::Arc<headroom_store::PostgresStore>>,
+}
+
+/// What a presented token is.
+pub enum Authenticated {
+    Principal(Principal),
+    /// Its id is not known here yet: look in the database, then again.
+    LookUp(String),
+    Invalid,
 }
 
 /// What starting up did about the admin token.
@@ -161,29 +172,55 @@ impl Tokens {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => return Err(format!("{}: {error}", path.display())),
         };
-        Ok((Tokens { admin_hash, path, records: RwLock::new(records), writing: Mutex::new(()) }, admin))
+        let tokens = Tokens { admin_hash, path, records: RwLock::new(records), writing: Mutex::new(()), shared: None };
+        Ok((tokens, admin))
     }
 
-    /// Who holds `token`, if anyone.
-    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+    /// Keeps service and subject tokens in PostgreSQL, for every node.
+    pub fn shared_through(mut self, store: std::sync::Arc<headroom_store::PostgresStore>) -> Tokens {
+        self.shared = Some(store);
+        self
+    }
+
+    /// Who holds `token`, as far as this node knows.
+    pub fn authenticate(&self, token: &str) -> Authenticated {
         let presented = hash(token);
         if constant_time_eq(&presented, &self.admin_hash) {
-            return Some(Principal::Admin);
+            return Authenticated::Principal(Principal::Admin);
         }
         // `hr_<id>_<secret>`: the id finds the record, the hash decides.
-        let id = token.strip_prefix("hr_")?.split('_').next()?;
+        let Some(id) = token.strip_prefix("hr_").and_then(|rest| rest.split('_').next()) else {
+            return Authenticated::Invalid;
+        };
         let records = self.records.read().expect("not poisoned");
-        let record = records.get(id)?;
-        let stored = parse_hash(&record.hash)?;
-        if !constant_time_eq(&presented, &stored) {
-            return None;
-        }
-        Some(match record.kind {
-            TokenKind::Service => Principal::Service { account: record.account.clone() },
-            TokenKind::Subject => {
-                Principal::Subject { subject: record.subject.clone()?, account: record.account.clone()? }
-            }
-        })
+        let Some(record) = records.get(id) else {
+            return match &self.shared {
+                Some(_) if is_token_id(id) => Authenticated::LookUp(id.to_string()),
+                _ => Authenticated::Invalid,
+            };
+        };
+        let matches = parse_hash(&record.hash).is_some_and(|stored| constant_time_eq(&presented, &stored));
+        let principal = match record.kind {
+            _ if !matches => None,
+            TokenKind::Service => Some(Principal::Service { account: record.account.clone() }),
+            TokenKind::Subject => record
+                .subject
+                .clone()
+                .zip(record.account.clone())
+                .map(|(subject, account)| Principal::Subject { subject, account }),
+        };
+        principal.map_or(Authenticated::Invalid, Authenticated::Principal)
+    }
+
+    /// Fetches a token made on another node into this node's cache; false
+    /// if there is no such token.
+    pub fn look_up(&self, id: &str) -> Result<bool, String> {
+        let Some(store) = &self.shared else { return Ok(false) };
+        let Some(text) = store.token(id).map_err(|error| error.to_string())? else { return Ok(false) };
+        let record: TokenRecord =
+            serde_json::from_str(&text).map_err(|error| format!("token {id} is stored unreadably: {error}"))?;
+        self.records.write().expect("not poisoned").insert(id.to_string(), record);
+        Ok(true)
     }
 
     /// Makes a token and stores its hash durably before returning it.
@@ -197,6 +234,12 @@ impl Tokens {
         let id = random_hex(8)?;
         let token = format!("hr_{id}_{}", random_hex(32)?);
         let record = TokenRecord { id: id.clone(), kind, subject, account, hash: hex(&hash(&token)), created_at };
+        if let Some(store) = &self.shared {
+            let text = serde_json::to_string(&record).map_err(|error| error.to_string())?;
+            store.put_token(&id, &text).map_err(|error| error.to_string())?;
+            self.records.write().expect("not poisoned").insert(id, record.clone());
+            return Ok((record, token));
+        }
         // One writer at a time; readers keep authenticating while the file syncs.
         let _writing = self.writing.lock().expect("not poisoned");
         let mut next = self.records.read().expect("not poisoned").clone();
@@ -207,6 +250,12 @@ impl Tokens {
         *self.records.write().expect("not poisoned") = next;
         Ok((record, token))
     }
+}
+
+/// Ids are 16 hex digits (see [`Tokens::create`]); nothing else is looked
+/// up in the database.
+fn is_token_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|byte| byte.is_ascii_hexdigit())
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -275,7 +324,30 @@ impl FromRequestParts<super::AppState> for Principal {
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be Bearer <token>"))?;
-        state.tokens.authenticate(token).ok_or_else(|| ApiError::unauthorized("the token is not valid"))
+        let invalid = || ApiError::unauthorized("the token is not valid");
+        match state.tokens.authenticate(token) {
+            Authenticated::Principal(principal) => Ok(principal),
+            Authenticated::Invalid => Err(invalid()),
+            Authenticated::LookUp(id) => {
+                let tokens = state.tokens.clone();
+                let found = tokio::task::spawn_blocking(move || tokens.look_up(&id)).await.unwrap_or(Ok(false));
+                match found {
+                    Ok(true) => match state.tokens.authenticate(token) {
+                        Authenticated::Principal(principal) => Ok(principal),
+                        _ => Err(invalid()),
+                    },
+                    Ok(false) => Err(invalid()),
+                    Err(error) => {
+                        tracing::error!(%error, "looking up a token failed");
+                        Err(ApiError::new(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "storage_unavailable",
+                            "the token could not be checked; retry later",
+                        ))
+                    }
+                }
+            }
+        }
     }
 }
 

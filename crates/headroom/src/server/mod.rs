@@ -107,6 +107,10 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("cannot create {}: {error}", config.data_dir.display()))?;
     let (tokens, admin) = Tokens::open(&config.data_dir, config.admin_token.as_deref())?;
+    let tokens = match &store {
+        Backend::Postgres(shared) => tokens.shared_through(shared.clone()),
+        Backend::Embedded { .. } => tokens,
+    };
     if let AdminToken::Generated(token) = &admin {
         let path = config.data_dir.join(auth::ADMIN_TOKEN_FILE);
         let shown = writeln!(
