@@ -1487,15 +1487,8 @@ pub fn reconcile(url: &str) -> Result<ReconcileReport, StoreError> {
     if let Err(problem) = audit.check_links() {
         problems.push(problem);
     }
+    crate::reconcile::check_conservation(&engine, &ledger, &mut problems);
     for account in engine.accounts() {
-        let from_ledger = ledger.get(account.id()).copied().unwrap_or(0);
-        if account.wallet().settled_balance() != from_ledger {
-            problems.push(format!(
-                "account {}: balance of record {} but its settled ledger sums to {from_ledger}",
-                account.id(),
-                account.wallet().settled_balance()
-            ));
-        }
         let recorded = updates_per_account.get(account.id()).copied().unwrap_or(0);
         let decided = account.settled_through() + account.unsettled();
         if recorded != decided {

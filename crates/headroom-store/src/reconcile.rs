@@ -83,6 +83,21 @@ impl std::fmt::Display for ReconcileReport {
     }
 }
 
+/// Conservation: every wallet's balance of record equals what its settled
+/// balance updates and corrections sum to (`ledger`, per account).
+pub(crate) fn check_conservation(engine: &Engine, ledger: &HashMap<AccountId, i128>, problems: &mut Vec<String>) {
+    for account in engine.accounts() {
+        let from_ledger = ledger.get(account.id()).copied().unwrap_or(0);
+        if account.wallet().settled_balance() != from_ledger {
+            problems.push(format!(
+                "account {}: balance of record {} but its settled ledger sums to {from_ledger}",
+                account.id(),
+                account.wallet().settled_balance()
+            ));
+        }
+    }
+}
+
 /// Most discrepancies listed one by one; more are counted.
 const DISCREPANCIES_LISTED_MAX: usize = 100;
 
@@ -195,17 +210,8 @@ pub fn reconcile(directory: &Path) -> Result<ReconcileReport, StoreError> {
     if let Err(problem) = engine.check_invariants() {
         problems.push(problem);
     }
-    for account in engine.accounts() {
-        let from_ledger = ledger.get(account.id()).copied().unwrap_or(0);
-        if account.wallet().settled_balance() != from_ledger {
-            problems.push(format!(
-                "account {}: balance of record {} but its settled ledger sums to {from_ledger}",
-                account.id(),
-                account.wallet().settled_balance()
-            ));
-        }
-        report.unsettled_updates += account.unsettled();
-    }
+    check_conservation(&engine, &ledger, &mut problems);
+    report.unsettled_updates += engine.accounts().map(AccountState::unsettled).sum::<u64>();
     if let Some((batch, _)) = &snapshot
         && report.snapshot_checked.is_none()
         && *batch > 0

@@ -51,6 +51,19 @@ fn start_node(directory: &Path, database: &str, catalog: &Path) -> Server {
     Server::start_with(command, directory, Some(ADMIN))
 }
 
+/// A PostgreSQL server, one node over it, and account `acme` on plan
+/// `small` with subject `ann`.
+fn one_node(name: &str) -> (Directory, Postgres, Server) {
+    let directory = Directory::new(name);
+    let postgres = Postgres::start();
+    let catalog = directory.0.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let node = start_node(&directory.0.join("node"), &postgres.url(), &catalog);
+    node.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
+    node.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    (directory, postgres, node)
+}
+
 fn reconcile(postgres: &Postgres) -> (bool, String) {
     let output = Process::new(binary()).args(["reconcile", "--store", &postgres.url()]).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -237,13 +250,7 @@ fn three_nodes_over_one_database_allow_exactly_the_headroom_through_a_node_kill_
 
 #[test]
 fn reconcile_names_a_discrepancy_in_the_database() {
-    let directory = Directory::new("postgres-reconcile");
-    let postgres = Postgres::start();
-    let catalog = directory.0.join("catalog.toml");
-    std::fs::write(&catalog, CATALOG).unwrap();
-    let node = start_node(&directory.0.join("node"), &postgres.url(), &catalog);
-    node.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
-    node.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    let (_directory, postgres, node) = one_node("postgres-reconcile");
     let grant = json!({ "kind": "purchase", "credits": 5_000_000, "idempotency_key": "setup" });
     node.admin("POST", "/v1/accounts/acme/grants", Some(grant)).expect(201, None);
     for index in 0..305 {
@@ -280,13 +287,7 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn the_sweeper_expires_reservations_and_grants_with_no_request_and_settles_the_expiry() {
-    let directory = Directory::new("postgres-sweeper");
-    let postgres = Postgres::start();
-    let catalog = directory.0.join("catalog.toml");
-    std::fs::write(&catalog, CATALOG).unwrap();
-    let node = start_node(&directory.0.join("node"), &postgres.url(), &catalog);
-    node.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
-    node.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    let (_directory, postgres, node) = one_node("postgres-sweeper");
     let soon = headroom_core::Clock::now(&headroom_store::SystemClock)
         .saturating_add(headroom_core::Duration::from_seconds(2))
         .to_string();
@@ -345,14 +346,8 @@ fn the_bench_compares_headroom_over_postgresql_with_a_transaction_per_decision()
 
 #[test]
 fn a_token_made_on_one_node_works_on_another() {
-    let directory = Directory::new("postgres-tokens");
-    let postgres = Postgres::start();
-    let catalog = directory.0.join("catalog.toml");
-    std::fs::write(&catalog, CATALOG).unwrap();
-    let one = start_node(&directory.0.join("one"), &postgres.url(), &catalog);
-    let two = start_node(&directory.0.join("two"), &postgres.url(), &catalog);
-    one.admin("PUT", "/v1/accounts/acme", Some(json!({ "plan": "small" }))).expect(201, None);
-    one.admin("PUT", "/v1/subjects/ann", Some(json!({ "account": "acme" }))).expect(200, None);
+    let (directory, postgres, one) = one_node("postgres-tokens");
+    let two = start_node(&directory.0.join("two"), &postgres.url(), &directory.0.join("catalog.toml"));
     let made = one.admin("POST", "/v1/tokens", Some(json!({ "kind": "service", "account": "acme" }))).expect(201, None);
     let token = made.body["token"].as_str().unwrap().to_string();
     let body = json!({ "subject": "ann", "feature": "task", "quantity": 1, "idempotency_key": "k" });
