@@ -704,6 +704,22 @@ fn run(shared: &Shared, connection: &mut Connection, works: Vec<Work>) -> (Vec<A
             Err(Failure::Database(error) | Failure::Commit(error)) if lost_race(&error) && attempt < ATTEMPTS_MAX => {
                 continue;
             }
+            // Bad data of one account (a state that does not decode, a
+            // refusal of the database, a panic) must not fail the others
+            // batched with it: each account again, on its own. Nothing of
+            // the failed transaction happened.
+            Err(failure) if works.len() > 1 && failure.may_be_one_account() => {
+                if matches!(failure, Failure::Panic(_))
+                    && let Ok(fresh) = Connection::open(&shared.config.url)
+                {
+                    *connection = fresh;
+                }
+                let mut answers = Vec::new();
+                for work in works {
+                    answers.extend(run(shared, connection, vec![work]).0);
+                }
+                return (answers, !connection.client.is_closed());
+            }
             Err(failure) => {
                 let (error, healthy) = match failure {
                     // The database said no: nothing of the transaction happened.
@@ -721,6 +737,18 @@ fn run(shared: &Shared, connection: &mut Connection, works: Vec<Work>) -> (Vec<A
                     works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| (reply, Err(error.clone())));
                 return (replies.collect(), healthy);
             }
+        }
+    }
+}
+
+impl Failure {
+    /// Whether the failure may come from one account's data rather than
+    /// from the connection or the database as a whole.
+    fn may_be_one_account(&self) -> bool {
+        match self {
+            Failure::Database(error) => error.as_db_error().is_some(),
+            Failure::Store(_) | Failure::Panic(_) => true,
+            Failure::Commit(_) => false,
         }
     }
 }

@@ -361,3 +361,55 @@ fn a_token_made_on_one_node_works_on_another() {
     assert_eq!(postgres.psql("SELECT count(*) FROM tokens"), "1");
     assert!(!postgres.psql("SELECT record FROM tokens").contains(&token[token.len() - 20..]), "only the hash is kept");
 }
+
+#[test]
+fn an_account_with_unreadable_data_fails_alone_not_the_accounts_batched_with_it() {
+    use headroom_core::{AccountId, Catalog, PlanId};
+    use headroom_store::{Command, PostgresConfig, PostgresStore, Store};
+
+    let postgres = Postgres::start();
+    let catalog = Arc::new(Catalog::from_toml(CATALOG).unwrap());
+    // One worker, so that what waits behind it is taken in one transaction.
+    let config = PostgresConfig { connections: 1, ..PostgresConfig::new(postgres.url()) };
+    let store = PostgresStore::open(config, catalog).unwrap();
+    let set_plan = |account: &str| Command::SetPlan {
+        account: AccountId::new(account).unwrap(),
+        plan: PlanId::new("small").unwrap(),
+        overdraft: None,
+    };
+    for account in ["blocker", "good", "bad"] {
+        let open = Command::OpenAccount {
+            account: AccountId::new(account).unwrap(),
+            plan: PlanId::new("small").unwrap(),
+            overdraft: None,
+        };
+        store.execute(open).unwrap();
+    }
+    postgres.psql("UPDATE accounts SET state = '\\x00' WHERE id = 'bad'");
+
+    // Another session holds the blocker's row while the worker waits for it.
+    let mut holder = Process::new("psql")
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &postgres.port().to_string(), "-U", "headroom", "-d", "postgres"])
+        .args(["-c", "BEGIN; SELECT 1 FROM accounts WHERE id = 'blocker' FOR UPDATE; SELECT pg_sleep(1); COMMIT;"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let some = |sql: &str| postgres.psql(sql) != "0";
+    eventually("the other session's lock", || {
+        some("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1)%' AND wait_event = 'PgSleep'")
+    });
+    let (sender, answers) = std::sync::mpsc::channel();
+    let submit = |account: &'static str| {
+        let sender = sender.clone();
+        store.submit(set_plan(account), Box::new(move |answer| sender.send((account, answer.is_ok())).unwrap()));
+    };
+    submit("blocker");
+    eventually("the worker waiting for the lock", || some("SELECT count(*) FROM pg_locks WHERE NOT granted"));
+    submit("good");
+    submit("bad");
+    let mut answers: Vec<(&str, bool)> = (0..3).map(|_| answers.recv().unwrap()).collect();
+    answers.sort();
+    assert_eq!(answers, [("bad", false), ("blocker", true), ("good", true)]);
+    assert!(holder.wait().unwrap().success());
+    store.close();
+}
