@@ -158,6 +158,13 @@ pub struct BenchReport {
     /// User and system CPU of the server process per decision, when the
     /// bench started the server itself.
     pub server_cpu_us_per_decision: Option<f64>,
+    /// The server's resident memory (RSS) once its subjects exist, and
+    /// after the load, when the bench started the server itself.
+    pub server_rss_mb: Option<(f64, f64)>,
+    /// What the server's resident memory grew by per subject: by creating
+    /// the subjects, and by the end of the load (their windows used, their
+    /// decisions' idempotency keys remembered).
+    pub server_bytes_per_subject: Option<(f64, f64)>,
 }
 
 pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
@@ -198,20 +205,41 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
         }
     };
     let address = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// is supported"))?.to_string();
+    let pid = started.as_ref().map(|server| server.child.id());
+    let rss_empty = pid.map(rss_bytes).transpose()?;
     if matches!(config.target, Target::Headroom | Target::Postgres) {
         setup(&url, &token, &config)?;
     }
+    let rss_set_up = pid.map(rss_bytes).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
-    let pid = started.as_ref().map(|server| server.child.id());
     if config.mix == Mix::Reserve && (config.batch > 1 || config.target == Target::Bare) {
         return Err("--mix reserve is single calls to Headroom only".to_string());
     }
     let protocol = Protocol::Http { token, batch: config.batch, mix: config.mix };
     let measured = runtime.block_on(drive(&config, &address, protocol, pid))?;
-    Ok(report(&config, measured))
+    let rss_loaded = pid.map(rss_bytes).transpose()?;
+    let mut report = report(&config, measured);
+    if let (Some(empty), Some(set_up), Some(loaded)) = (rss_empty, rss_set_up, rss_loaded) {
+        let megabytes = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        let per_subject = |bytes: u64| bytes.saturating_sub(empty) as f64 / config.subjects as f64;
+        report.server_rss_mb = Some((megabytes(set_up), megabytes(loaded)));
+        report.server_bytes_per_subject = Some((per_subject(set_up), per_subject(loaded)));
+    }
+    Ok(report)
+}
+
+/// Resident memory of process `pid`, from /proc.
+fn rss_bytes(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kilobytes| kilobytes * 1024)
+        .ok_or_else(|| format!("{path} has no VmRSS line"))
 }
 
 /// What one load measured: latencies, calls, failed calls, seconds, and the
@@ -246,6 +274,8 @@ fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
         latency_p999_ms: millis(0.999),
         latency_max_ms: histogram.max() as f64 / 1e6,
         server_cpu_us_per_decision: cpu.filter(|_| decisions > 0).map(|seconds| seconds * 1e6 / decisions as f64),
+        server_rss_mb: None,
+        server_bytes_per_subject: None,
     }
 }
 
@@ -301,7 +331,8 @@ impl BenchReport {
              latency p99.9     {p999:>12.3} ms\n\
              latency max       {max:>12.3} ms\n\
              errors            {errors:>12}\n\
-             server CPU        {cpu:>12} per decision\n",
+             server CPU        {cpu:>12} per decision\n\
+             {memory}",
             target = self.target,
             route = self.route,
             mix = self.mix,
@@ -317,6 +348,12 @@ impl BenchReport {
             p999 = self.latency_p999_ms,
             max = self.latency_max_ms,
             errors = self.errors,
+            memory = match (self.server_bytes_per_subject, self.server_rss_mb) {
+                (Some((set_up, loaded)), Some((rss_set_up, rss_loaded))) => format!(
+                    "server memory     {set_up:>12.0} bytes per subject ({loaded:.0} after the load; RSS {rss_set_up:.0} MB, then {rss_loaded:.0} MB)\n"
+                ),
+                _ => String::new(),
+            },
         )
     }
 }
@@ -875,15 +912,20 @@ pub fn markdown(command: &str, reports: &[BenchReport], ratios: &[Ratio]) -> Str
         "Machine: {cores} cores ({cpu}), Linux {kernel}. Client and servers share these cores, unpinned.\n"
     );
     let _ = writeln!(out, "Command:\n\n```sh\n{command}\n```\n");
-    let _ =
-        writeln!(out, "| target | load | decisions/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/decision |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| target | load | decisions/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/decision | server bytes/subject (set up, loaded) |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for report in reports {
         let load = report.offered_rate.map_or("closed loop".to_string(), |rate| format!("open loop, {rate}/s"));
         let cpu = report.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1}"));
+        let memory = report
+            .server_bytes_per_subject
+            .map_or("-".to_string(), |(set_up, loaded)| format!("{set_up:.0}, {loaded:.0}"));
         let _ = writeln!(
             out,
-            "| {:?} | {load} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {cpu} |",
+            "| {:?} | {load} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {cpu} | {memory} |",
             report.target,
             report.decisions_per_second,
             report.latency_p50_ms,

@@ -602,6 +602,10 @@ fn the_bench_loads_its_own_server_and_reports() {
         assert_eq!(report["decisions"].as_u64().unwrap() % batch.parse::<u64>().unwrap(), 0);
         assert!(report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap());
         assert!(report["server_cpu_us_per_decision"].as_f64().unwrap() > 0.0, "{report}");
+        // Memory per subject: what creating them took, then what the load added.
+        let per_subject = &report["server_bytes_per_subject"];
+        assert!(per_subject[0].as_f64().unwrap() > 0.0, "{report}");
+        assert!(per_subject[1].as_f64().unwrap() >= per_subject[0].as_f64().unwrap() * 0.5, "{report}");
     }
     // Every mix runs without errors, reservations as reserve-then-capture pairs.
     for mix in ["within", "denied", "preview", "reserve"] {
