@@ -226,10 +226,16 @@ pub fn run(config: BenchConfig) -> Result<BenchReport, String> {
         let megabytes = |bytes: u64| bytes as f64 / (1 << 20) as f64;
         let per_subject = |bytes: u64| bytes.saturating_sub(empty) as f64 / config.subjects as f64;
         report.server_rss_mb = Some((megabytes(set_up), megabytes(loaded)));
-        report.server_bytes_per_subject = Some((per_subject(set_up), per_subject(loaded)));
+        // With few subjects the server's fixed allocations swamp the figure.
+        if config.subjects >= SUBJECTS_FOR_MEMORY_MIN {
+            report.server_bytes_per_subject = Some((per_subject(set_up), per_subject(loaded)));
+        }
     }
     Ok(report)
 }
+
+/// Subjects from which the memory per subject is reported.
+pub const SUBJECTS_FOR_MEMORY_MIN: u64 = 10_000;
 
 /// Resident memory of process `pid`, from /proc.
 fn rss_bytes(pid: u32) -> Result<u64, String> {
@@ -352,6 +358,9 @@ impl BenchReport {
                 (Some((set_up, loaded)), Some((rss_set_up, rss_loaded))) => format!(
                     "server memory     {set_up:>12.0} bytes per subject ({loaded:.0} after the load; RSS {rss_set_up:.0} MB, then {rss_loaded:.0} MB)\n"
                 ),
+                (None, Some((rss_set_up, rss_loaded))) => {
+                    format!("server memory     {rss_set_up:>12.0} MB RSS ({rss_loaded:.0} MB after the load)\n")
+                }
                 _ => String::new(),
             },
         )
