@@ -327,13 +327,10 @@ fn the_sweeper_expires_reservations_and_grants_with_no_request_and_settles_the_e
 
 #[test]
 fn the_bench_compares_headroom_over_postgresql_with_a_transaction_per_decision() {
-    let output = Process::new(binary())
-        .args(["bench", "--targets", "postgres,postgres-naive", "--seconds", "1", "--connections", "4"])
-        .args(["--distribution", "uniform", "--subjects", "20", "--subjects-per-account", "1", "--json"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = bench(
+        &["--targets", "postgres,postgres-naive", "--seconds", "1", "--connections", "4"],
+        &["--distribution", "uniform", "--subjects", "20", "--subjects-per-account", "1"],
+    );
     for (report, target) in run["reports"].as_array().unwrap().iter().zip(["postgres", "postgres_naive"]) {
         assert_eq!(report["target"], target, "{report}");
         assert_eq!(report["errors"], 0, "{report}");

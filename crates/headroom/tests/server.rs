@@ -589,13 +589,10 @@ fn the_admin_subcommands_print_tables_and_json() {
 #[test]
 fn the_bench_loads_its_own_server_and_reports() {
     for (distribution, batch) in [("uniform", "1"), ("zipf", "10")] {
-        let output = Process::new(binary())
-            .args(["bench", "--seconds", "1", "--connections", "4", "--subjects", "150", "--json"])
-            .args(["--distribution", distribution, "--batch", batch])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let run = bench(
+            &["--seconds", "1", "--connections", "4", "--subjects", "150"],
+            &["--distribution", distribution, "--batch", batch],
+        );
         let report = &run["reports"][0];
         assert_eq!(report["errors"], 0, "{report}");
         assert!(report["decisions"].as_u64().unwrap() > 0, "{report}");
@@ -606,35 +603,20 @@ fn the_bench_loads_its_own_server_and_reports() {
         assert!(report["server_rss_mb"][0].as_f64().unwrap() > 0.0, "{report}");
         assert!(report["server_bytes_per_subject"].is_null(), "{report}");
     }
-    let output = Process::new(binary())
-        .args(["bench", "--seconds", "1", "--connections", "4", "--subjects", "10000", "--json"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = bench(&["--seconds", "1", "--connections", "4", "--subjects", "10000"], &[]);
     let per_subject = &run["reports"][0]["server_bytes_per_subject"];
     // Creating 10,000 subjects grows the server by something, and by far less than 10 kB each.
     assert!((1.0..10_000.0).contains(&per_subject[0].as_f64().unwrap()), "{run}");
     // Every mix runs without errors, reservations as reserve-then-capture pairs.
     for mix in ["within", "denied", "preview", "reserve"] {
-        let output = Process::new(binary())
-            .args(["bench", "--seconds", "1", "--connections", "2", "--subjects", "10", "--json", "--mix", mix])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{mix}: {}", String::from_utf8_lossy(&output.stderr));
-        let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let run = bench(&["--seconds", "1", "--connections", "2", "--subjects", "10"], &["--mix", mix]);
         let report = &run["reports"][0];
         assert_eq!((report["mix"].as_str(), report["errors"].as_u64()), (Some(mix), Some(0)), "{report}");
         assert!(report["decisions"].as_u64().unwrap() > 0, "{report}");
     }
 
     // Open loop: the offered rate is what is sent, on schedule.
-    let output = Process::new(binary())
-        .args(["bench", "--seconds", "2", "--connections", "4", "--subjects", "10", "--json", "--rate", "400"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = bench(&["--seconds", "2", "--connections", "4", "--subjects", "10"], &["--rate", "400"]);
     let report = &run["reports"][0];
     assert_eq!(report["offered_rate"], 400);
     let rate = report["decisions_per_second"].as_f64().unwrap();
@@ -643,48 +625,15 @@ fn the_bench_loads_its_own_server_and_reports() {
     // A latency sweep drawn as SVG: the peak, then four open-loop runs per target.
     let directory = Directory::new("plot");
     let svg = directory.0.join("latency.svg");
-    let output = Process::new(binary())
-        .args([
-            "bench",
-            "--seconds",
-            "1",
-            "--connections",
-            "2",
-            "--subjects",
-            "10",
-            "--json",
-            "--targets",
-            "headroom,bare",
-        ])
-        .arg("--plot")
-        .arg(&svg)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let short = ["--seconds", "1", "--connections", "2", "--subjects", "10"];
+    let run = bench(&short, &["--targets", "headroom,bare", "--plot", svg.to_str().unwrap()]);
     assert_eq!(run["reports"].as_array().unwrap().len(), 10);
     assert_eq!(run["ratios"].as_array().unwrap().len(), 1, "ratios compare closed-loop runs only");
     let drawing = std::fs::read_to_string(&svg).unwrap();
     assert!(drawing.starts_with("<svg") && drawing.matches("<polyline").count() == 4, "{drawing}");
 
     // Headroom and the bare baseline in one run, with their ratio.
-    let output = Process::new(binary())
-        .args([
-            "bench",
-            "--seconds",
-            "1",
-            "--connections",
-            "2",
-            "--subjects",
-            "10",
-            "--json",
-            "--targets",
-            "headroom,bare,redis,redis-fsync",
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = bench(&short, &["--targets", "headroom,bare,redis,redis-fsync"]);
     for (index, target) in ["headroom", "bare", "redis", "redis_fsync"].iter().enumerate() {
         let report = &run["reports"][index];
         assert_eq!(report["target"], *target);

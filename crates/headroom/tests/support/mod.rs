@@ -47,6 +47,13 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_headroom")
 }
 
+/// Runs `headroom bench --json` with `load` and `more` arguments; its report.
+pub fn bench(load: &[&str], more: &[&str]) -> Value {
+    let output = Process::new(binary()).arg("bench").arg("--json").args(load).args(more).output().unwrap();
+    assert!(output.status.success(), "bench {load:?} {more:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 impl Server {
     /// Starts `headroom serve` on a free port with the admin token [`ADMIN`].
     pub fn start(data: &Path) -> Server {
