@@ -783,30 +783,6 @@ struct Outcome {
     commands: usize,
 }
 
-/// What one transaction writes besides the account rows.
-#[derive(Default)]
-struct Writes {
-    usage: Vec<UsageEvent>,
-    monetization: Vec<MonetizationEvent>,
-    balance: Vec<BalanceUpdate>,
-    corrections: Vec<Correction>,
-    settled: Vec<String>,
-    subjects: Vec<(String, String)>,
-}
-
-impl Writes {
-    fn add(&mut self, events: &[Event]) {
-        for event in events {
-            match event {
-                Event::Usage(usage) => self.usage.push(usage.clone()),
-                Event::Monetization(monetization) => self.monetization.push(monetization.clone()),
-                Event::Balance(update) => self.balance.push(update.clone()),
-                Event::Correction(correction) => self.corrections.push(correction.clone()),
-            }
-        }
-    }
-}
-
 fn idempotency_key(command: &Command) -> Option<&IdempotencyKey> {
     match command {
         Command::Decide(request) => request.idempotency_key.as_ref(),
@@ -906,24 +882,25 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
 
     // The core applies everything.
     let mut engine = Engine::from_accounts(catalog.clone(), states.into_values().collect());
-    let mut writes = Writes::default();
+    let mut rows = Rows::default();
+    let mut settled = Vec::new();
     let mut results = Vec::new();
     let mut commands = 0;
     for work in works {
         if work.advance && before.contains_key(&work.account) {
             let response =
                 apply(&mut engine, &Command::AdvanceAccount(work.account.clone()), now).map_err(StoreError::Refused)?;
-            writes.add(response.events());
+            rows.events(response.events());
         }
         for update in to_settle.remove(&work.account).unwrap_or_default() {
             let id = update.id.to_string();
             match apply(&mut engine, &Command::Settle(update), now) {
-                Ok(response) => writes.add(response.events()),
+                Ok(response) => rows.events(response.events()),
                 // Out of step with the state: left unsettled, for
                 // reconciliation to name, rather than blocking the account.
                 Err(_) => break,
             }
-            writes.settled.push(id);
+            settled.push(id);
         }
         for (command, _) in &work.jobs {
             commands += 1;
@@ -939,12 +916,12 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
             }
             match apply(&mut engine, command, now) {
                 Ok(mut response) => {
-                    writes.add(&response.take_events());
+                    rows.events(&response.take_events());
                     if let Command::PutSubject { subject, account, .. } = command
                         && !owners.contains_key(subject)
                     {
                         owners.insert(subject.clone(), account.clone());
-                        writes.subjects.push((subject.to_string(), account.to_string()));
+                        rows.subject(subject, account);
                     }
                     results.push(Ok(response));
                 }
@@ -954,7 +931,6 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
     }
 
     // Write what changed, in one statement.
-    let mut rows = Rows::default();
     for mut state in engine.into_accounts() {
         for stored in state.take_keys() {
             // Unchanged keys stay as they are; a key whose retention ended
@@ -969,12 +945,11 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
             None => rows.account(&state, true),
         }
     }
-    rows.events(&writes);
     transaction.execute(&statements.write, &rows.params())?;
     // Apart, and only when there is something to mark: with an empty list
     // the generic plan would still scan the table.
-    if !writes.settled.is_empty() {
-        transaction.execute(&statements.mark_settled, &[&writes.settled])?;
+    if !settled.is_empty() {
+        transaction.execute(&statements.mark_settled, &[&settled])?;
     }
     transaction.commit().map_err(Failure::Commit)?;
     Ok(Outcome { results, commands })

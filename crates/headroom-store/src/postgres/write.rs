@@ -4,7 +4,7 @@
 use headroom_core::*;
 use postgres::types::ToSql;
 
-use super::{Writes, encode, encode_state, millis};
+use super::{encode, encode_state, millis};
 
 /// Everything a transaction writes, in one statement of data-modifying
 /// parts (one round trip however many commands). A subject is inserted
@@ -128,63 +128,78 @@ impl Rows {
         self.keys.answers.push(stored.answer.into_vec());
     }
 
-    pub(super) fn events(&mut self, writes: &Writes) {
-        for (subject, account) in &writes.subjects {
-            self.subjects.0.push(subject.clone());
-            self.subjects.1.push(account.clone());
+    /// A subject newly given to an account.
+    pub(super) fn subject(&mut self, subject: &SubjectId, account: &AccountId) {
+        self.subjects.0.push(subject.to_string());
+        self.subjects.1.push(account.to_string());
+    }
+
+    /// Events the core recorded, each into its table's columns.
+    pub(super) fn events(&mut self, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::Usage(usage) => self.usage(usage),
+                Event::Monetization(monetization) => self.monetization(monetization),
+                Event::Balance(update) => self.balance(update),
+                Event::Correction(correction) => self.correction(correction),
+            }
         }
-        for usage in &writes.usage {
-            let columns = &mut self.usage;
-            columns.ids.push(usage.id.to_string());
-            columns.accounts.push(usage.account.to_string());
-            columns.decisions.push(usage.decision.to_string());
-            columns.keys.push(usage.idempotency_key.to_string());
-            columns.subjects.push(usage.subject.to_string());
-            columns.features.push(usage.feature.to_string());
-            columns.quantities.push(usage.quantity as i64);
-            columns.window_units.push(usage.window_units as i64);
-            columns.ats.push(millis(usage.at));
-            columns.bodies.push(encode(usage));
-        }
-        for monetization in &writes.monetization {
-            let columns = &mut self.monetization;
-            columns.ids.push(monetization.id.to_string());
-            columns.usages.push(monetization.usage.to_string());
-            columns.accounts.push(monetization.account.to_string());
-            columns.amounts.push(monetization.amount.micros() as i64);
-            columns.write_offs.push(monetization.write_off.micros() as i64);
-            columns.ats.push(millis(monetization.at));
-            columns.bodies.push(encode(monetization));
-        }
-        for update in &writes.balance {
-            let columns = &mut self.balance;
-            columns.ids.push(update.id.to_string());
-            columns.accounts.push(update.account.to_string());
-            columns.sequences.push(update.sequence as i64);
-            columns.sources.push(match &update.source {
-                BalanceSource::Grant(grant) => grant.to_string(),
-                BalanceSource::Overdraft => "overdraft".to_string(),
-            });
-            columns.deltas.push(update.delta);
-            let (cause, monetization) = match &update.cause {
-                BalanceCause::Debit { monetization } => ("debit", Some(monetization.to_string())),
-                BalanceCause::Grant { .. } => ("grant", None),
-                BalanceCause::Expiry => ("expiry", None),
-            };
-            columns.causes.push(cause);
-            columns.monetizations.push(monetization);
-            columns.ats.push(millis(update.at));
-            columns.bodies.push(encode(update));
-        }
-        for correction in &writes.corrections {
-            let columns = &mut self.corrections;
-            columns.ids.push(correction.id.to_string());
-            columns.updates.push(correction.update.to_string());
-            columns.accounts.push(correction.account.to_string());
-            columns.write_offs.push(correction.write_off.micros() as i64);
-            columns.ats.push(millis(correction.at));
-            columns.bodies.push(encode(correction));
-        }
+    }
+
+    fn usage(&mut self, usage: &UsageEvent) {
+        let columns = &mut self.usage;
+        columns.ids.push(usage.id.to_string());
+        columns.accounts.push(usage.account.to_string());
+        columns.decisions.push(usage.decision.to_string());
+        columns.keys.push(usage.idempotency_key.to_string());
+        columns.subjects.push(usage.subject.to_string());
+        columns.features.push(usage.feature.to_string());
+        columns.quantities.push(usage.quantity as i64);
+        columns.window_units.push(usage.window_units as i64);
+        columns.ats.push(millis(usage.at));
+        columns.bodies.push(encode(usage));
+    }
+
+    fn monetization(&mut self, monetization: &MonetizationEvent) {
+        let columns = &mut self.monetization;
+        columns.ids.push(monetization.id.to_string());
+        columns.usages.push(monetization.usage.to_string());
+        columns.accounts.push(monetization.account.to_string());
+        columns.amounts.push(monetization.amount.micros() as i64);
+        columns.write_offs.push(monetization.write_off.micros() as i64);
+        columns.ats.push(millis(monetization.at));
+        columns.bodies.push(encode(monetization));
+    }
+
+    fn balance(&mut self, update: &BalanceUpdate) {
+        let columns = &mut self.balance;
+        columns.ids.push(update.id.to_string());
+        columns.accounts.push(update.account.to_string());
+        columns.sequences.push(update.sequence as i64);
+        columns.sources.push(match &update.source {
+            BalanceSource::Grant(grant) => grant.to_string(),
+            BalanceSource::Overdraft => "overdraft".to_string(),
+        });
+        columns.deltas.push(update.delta);
+        let (cause, monetization) = match &update.cause {
+            BalanceCause::Debit { monetization } => ("debit", Some(monetization.to_string())),
+            BalanceCause::Grant { .. } => ("grant", None),
+            BalanceCause::Expiry => ("expiry", None),
+        };
+        columns.causes.push(cause);
+        columns.monetizations.push(monetization);
+        columns.ats.push(millis(update.at));
+        columns.bodies.push(encode(update));
+    }
+
+    fn correction(&mut self, correction: &Correction) {
+        let columns = &mut self.corrections;
+        columns.ids.push(correction.id.to_string());
+        columns.updates.push(correction.update.to_string());
+        columns.accounts.push(correction.account.to_string());
+        columns.write_offs.push(correction.write_off.micros() as i64);
+        columns.ats.push(millis(correction.at));
+        columns.bodies.push(encode(correction));
     }
 
     pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
