@@ -4,6 +4,13 @@
 //! reservations, grants and keys), then computes, then applies — and the
 //! apply step cannot fail, so an operation happens whole or not at all.
 
+mod billing;
+
+pub use billing::{
+    Alert, AutoRecharge, BillingAnswer, BillingOp, BillingView, Charge, GrantSource, Notice, Payment, PaymentOrigin,
+    PaymentStatus, Work,
+};
+
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 
@@ -155,6 +162,7 @@ pub struct AccountState {
     /// Ids of grants dropped once spent and settled: never reused, so that
     /// a grant (a payment) cannot arrive twice under its id.
     retired_grants: std::collections::BTreeSet<crate::GrantId>,
+    billing: billing::Billing,
 }
 
 impl AccountState {
@@ -183,6 +191,7 @@ impl AccountState {
             ledger_balance: 0,
             written_off: Credits::ZERO,
             retired_grants: std::collections::BTreeSet::new(),
+            billing: billing::Billing::default(),
         };
         account.wallet.overdraft.limit = overdraft.unwrap_or(plan_spec.overdraft);
         let mut events = Vec::new();
@@ -198,7 +207,7 @@ impl AccountState {
                     .map(|after| now.saturating_add(after)),
                 idempotency_key: IdempotencyKey::new(&format!("open.{plan}.grant.{index}")).expect("keys"),
             };
-            let outcome = account.add_grant(catalog, &request, now)?;
+            let outcome = account.add_grant_from(catalog, &request, now, GrantSource::Plan)?;
             events.extend(outcome.events);
         }
         Ok((account, events))
@@ -343,6 +352,9 @@ impl AccountState {
         }
         decision.windows = self.window_reports(catalog, &request.subject, &applicable, now);
         decision.available = self.wallet.available(now);
+        if decision.allowed && !request.preview && window_units > 0 {
+            self.watch_windows(catalog, &request.subject, &applicable, &decision.windows, window_units, now);
+        }
         self.finish(catalog, key, fingerprint, now, decision, events)
     }
 
@@ -427,6 +439,9 @@ impl AccountState {
         }
         decision.windows = self.window_reports(catalog, &request.subject, &applicable, now);
         decision.available = self.wallet.available(now);
+        if decision.allowed && window_units > 0 {
+            self.watch_windows(catalog, &request.subject, &applicable, &decision.windows, window_units, now);
+        }
         self.finish(catalog, Some(&request.idempotency_key), fingerprint, now, decision, events)
     }
 
@@ -541,6 +556,7 @@ impl AccountState {
         let mut events = Vec::new();
         self.advance(catalog, now, &mut events);
         let released = self.release_reservation(catalog, &request.reservation, now, &mut events);
+        self.watch(catalog, now);
         let released = Arc::new(released);
         self.remember(catalog, &request.idempotency_key, fingerprint, now, Recorded::Released(released.clone()));
         Ok(Outcome { result: released, replayed: false, events })
@@ -551,6 +567,16 @@ impl AccountState {
         catalog: &Catalog,
         request: &GrantRequest,
         now: Timestamp,
+    ) -> Result<Outcome<GrantAdded>, CoreError> {
+        self.add_grant_from(catalog, request, now, GrantSource::Admin)
+    }
+
+    fn add_grant_from(
+        &mut self,
+        catalog: &Catalog,
+        request: &GrantRequest,
+        now: Timestamp,
+        source: GrantSource,
     ) -> Result<Outcome<GrantAdded>, CoreError> {
         let now = now.max(self.last_seen);
         let fingerprint = Fingerprinted::Grant(request).fingerprint();
@@ -581,27 +607,8 @@ impl AccountState {
         }
         let mut events = Vec::new();
         self.advance(catalog, now, &mut events);
-        self.wallet.insert_grant(Grant {
-            id: request.grant.clone(),
-            kind: request.kind,
-            priority: request.priority,
-            expires_at,
-            granted: request.credits,
-            settled: Credits::ZERO,
-            pending_credit: request.credits,
-            pending_debit: Credits::ZERO,
-            held: Credits::ZERO,
-        });
-        let cause = DecisionId::derive(&self.id, &request.idempotency_key, now).0;
-        let delta = request.credits.signed().expect(BOUNDED);
-        self.push_update(
-            EventId::derive(cause, "grant", 0),
-            BalanceSource::Grant(request.grant.clone()),
-            delta,
-            BalanceCause::Grant { idempotency_key: request.idempotency_key.clone() },
-            now,
-            &mut events,
-        );
+        self.credit_grant(request, expires_at, source, now, &mut events);
+        self.watch(catalog, now);
         let added = Arc::new(GrantAdded {
             grant: request.grant.clone(),
             kind: request.kind,
@@ -687,6 +694,14 @@ impl AccountState {
         });
     }
 
+    /// Looks at the balance after a change that did not go through an
+    /// operation (a sweep): alerts and recharges that it calls for.
+    pub fn watch(&mut self, catalog: &Catalog, now: Timestamp) {
+        let now = now.max(self.last_seen);
+        let available = self.wallet.available(now);
+        self.watch_balance(catalog, now, available);
+    }
+
     /// Puts back idempotency keys kept outside the state (a database
     /// table): the operations that follow see them as if never taken out.
     pub fn restore_keys(&mut self, keys: impl IntoIterator<Item = StoredKey>) {
@@ -749,6 +764,7 @@ impl AccountState {
     /// Every invariant that one account's state can show on its own.
     pub fn check_invariants(&self, catalog: &Catalog) -> Result<(), String> {
         self.wallet.check()?;
+        self.check_billing_invariants()?;
         let sets = self.subjects.values().map(|subject| &subject.windows).chain(std::iter::once(&self.windows));
         for set in sets {
             let plan = &catalog.plans[&set.plan];
@@ -833,6 +849,9 @@ impl AccountState {
         events: Vec<Event>,
     ) -> Result<Outcome<Decision>, CoreError> {
         debug_assert_eq!(decision.check(), Ok(()));
+        if decision.kind != DecisionKind::Preview {
+            self.watch_balance(catalog, now, decision.available);
+        }
         let decision = Arc::new(decision);
         if let Some(key) = key {
             self.remember(catalog, key, fingerprint, now, Recorded::Decision(decision.clone()));
@@ -945,6 +964,7 @@ impl AccountState {
                 .finish();
             let delta = -lapsed.signed().expect(BOUNDED);
             self.push_update(EventId::derive(cause, "expiry", 0), source, delta, BalanceCause::Expiry, now, events);
+            self.notify(Alert::CreditsExpired { grant: id, credits: lapsed }, now);
         }
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::GrantKind;
-use crate::ids::{FeatureId, GroupId, PlanId, WindowId};
+use crate::ids::{FeatureId, GrantId, GroupId, PlanId, WindowId};
 use crate::money::Credits;
 use crate::time::Duration;
 
@@ -21,6 +21,9 @@ pub struct Catalog {
     pub groups: BTreeMap<GroupId, Group>,
     pub plans: BTreeMap<PlanId, Plan>,
     pub settings: Settings,
+    /// What can be bought; `None`: nothing (checkout and auto-recharge are off).
+    pub purchases: Option<Purchases>,
+    pub alerts: Alerts,
     /// For each plan and feature: the windows of that plan that meter the
     /// feature, with the weight of one unit of it. Built once by [`Catalog::new`].
     meters: HashMap<PlanId, HashMap<FeatureId, Vec<Meter>>>,
@@ -139,6 +142,57 @@ pub struct Settings {
     pub idempotency_retention: Duration,
 }
 
+/// Credits for money: packs at a fixed price, or any whole number of
+/// credits at a price per credit. Amounts are in the currency's minor unit
+/// (cents), so a price is an exact product, never rounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchases {
+    /// ISO 4217, lower case (`usd`).
+    pub currency: String,
+    /// Minor units per whole credit.
+    pub price_per_credit: u64,
+    /// Whole credits, the smallest and the largest purchase.
+    pub min_credits: u64,
+    pub max_credits: u64,
+    /// Purchased credits expire this long after the payment.
+    pub credits_expire_after: Duration,
+    pub packs: BTreeMap<GrantId, Pack>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pack {
+    /// Whole credits.
+    pub credits: u64,
+    /// Minor units.
+    pub price: u64,
+}
+
+impl Purchases {
+    /// The price of `credits` whole credits, if that many may be bought.
+    pub fn price_of(&self, credits: u64) -> Result<u64, String> {
+        if credits < self.min_credits || credits > self.max_credits {
+            return Err(format!("must be between {} and {} credits", self.min_credits, self.max_credits));
+        }
+        Ok(credits.checked_mul(self.price_per_credit).expect("the catalog bounds max_credits × price_per_credit"))
+    }
+}
+
+/// When the product is told about an account: shares of windows and a balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alerts {
+    /// `limit.approaching` when a window's use crosses this percentage.
+    pub limit_approaching_percent: u64,
+    /// `balance.low` when the available balance falls below this (an
+    /// account's auto-recharge minimum takes its place while enabled).
+    pub low_balance: Option<Credits>,
+}
+
+impl Default for Alerts {
+    fn default() -> Alerts {
+        Alerts { limit_approaching_percent: 80, low_balance: None }
+    }
+}
+
 impl Catalog {
     /// Parses and validates a catalog. Errors name the exact path of the bad
     /// field, such as `plans.plus.windows[1].period: must be > 0`.
@@ -175,7 +229,16 @@ impl Catalog {
                 }
             }
         }
-        Catalog { features, groups, plans, settings, meters, source: std::sync::Arc::from("") }
+        Catalog {
+            features,
+            groups,
+            plans,
+            settings,
+            purchases: None,
+            alerts: Alerts::default(),
+            meters,
+            source: std::sync::Arc::from(""),
+        }
     }
 
     /// The windows of `plan` that meter `feature`, in the plan's order.

@@ -5,7 +5,7 @@
 use crate::FastMap;
 use std::sync::Arc;
 
-use crate::account::{AccountState, Outcome, SettleError, Settlement};
+use crate::account::{AccountState, BillingAnswer, BillingOp, Outcome, SettleError, Settlement};
 use crate::catalog::Catalog;
 use crate::decision::*;
 use crate::error::CoreError;
@@ -183,6 +183,7 @@ impl Engine {
         let mut events = Vec::new();
         for index in order {
             self.accounts[index].advance(&self.catalog, now, &mut events);
+            self.accounts[index].watch(&self.catalog, now);
         }
         events
     }
@@ -192,7 +193,19 @@ impl Engine {
         let (catalog, account) = self.catalog_and_account(id)?;
         let mut events = Vec::new();
         account.advance(catalog, now, &mut events);
+        account.watch(catalog, now);
         Ok(events)
+    }
+
+    /// Changes an account's payments, auto-recharge or outbox.
+    pub fn billing(
+        &mut self,
+        id: &AccountId,
+        op: &BillingOp,
+        now: Timestamp,
+    ) -> Result<(BillingAnswer, Vec<Event>), CoreError> {
+        let (catalog, account) = self.catalog_and_account(id)?;
+        account.billing(catalog, op, now)
     }
 
     /// The accounts, for a store that keeps each one elsewhere.

@@ -1,7 +1,7 @@
 use std::fmt;
 
 use crate::decision::ReservationId;
-use crate::ids::{AccountId, FeatureId, GrantId, IdempotencyKey, PlanId, SubjectId};
+use crate::ids::{AccountId, FeatureId, GrantId, IdempotencyKey, PaymentId, PlanId, SubjectId};
 
 /// Why the core refused an operation. Every refusal changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,13 @@ pub enum CoreError {
     TooManyGrants,
     TooManyReservations,
     GrantExists(GrantId),
+    /// The catalog offers nothing to buy.
+    PurchasesNotOffered,
+    UnknownPayment(PaymentId),
+    /// What the provider reports does not match the payment Headroom opened.
+    PaymentMismatch(String),
+    TooManyCheckouts,
+    InvalidAutoRecharge(String),
 }
 
 impl CoreError {
@@ -58,6 +65,15 @@ impl fmt::Display for CoreError {
             CoreError::UnknownSubject(id) => write!(f, "unknown subject {id}"),
             CoreError::UnknownFeature(id) => write!(f, "unknown feature {id}"),
             CoreError::UnknownPlan(id) => write!(f, "unknown plan {id}"),
+            CoreError::PurchasesNotOffered => write!(f, "the catalog offers no credits for sale ([purchases])"),
+            CoreError::UnknownPayment(id) => write!(f, "no payment {id} was opened by Headroom"),
+            CoreError::PaymentMismatch(reason) => f.write_str(reason),
+            CoreError::TooManyCheckouts => write!(
+                f,
+                "the account has {} unpaid checkouts, the most it may; pay or wait for one to lapse",
+                crate::limits::PENDING_CHECKOUTS_PER_ACCOUNT_MAX
+            ),
+            CoreError::InvalidAutoRecharge(reason) => write!(f, "auto-recharge: {reason}"),
             CoreError::UnknownReservation(id) => write!(f, "no open reservation {id}"),
             CoreError::AccountExists(id) => write!(f, "account {id} exists already"),
             CoreError::SubjectInOtherAccount { subject, account } => {

@@ -103,6 +103,8 @@ pub enum BalanceCause {
     Grant { idempotency_key: IdempotencyKey },
     /// A grant's unspent credits lapsing at its expiry.
     Expiry,
+    /// A payment refunded: the grant it became gives back its unspent part.
+    Refund { payment: crate::ids::PaymentId },
 }
 
 /// One entry of the ledger. Within an account, `sequence` numbers updates

@@ -213,6 +213,14 @@ identifier!(
     GrantId, ID_LENGTH_MAX, is_id_character
 );
 identifier!(
+    /// One payment: a checkout (`co_…`) or an automatic recharge (`rc_…`).
+    PaymentId, ID_LENGTH_MAX, is_id_character
+);
+identifier!(
+    /// An id the payment provider gave: a customer, a saved payment method.
+    ProviderRef, IDEMPOTENCY_KEY_LENGTH_MAX, is_key_character
+);
+identifier!(
     /// The caller's key that makes a consuming call happen at most once.
     IdempotencyKey, IDEMPOTENCY_KEY_LENGTH_MAX, is_key_character
 );

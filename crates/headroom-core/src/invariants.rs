@@ -93,6 +93,9 @@ impl EventAudit {
                     BalanceCause::Expiry if update.delta >= 0 => {
                         return Err(format!("expiry update {} does not take credits", update.id));
                     }
+                    BalanceCause::Refund { .. } if update.delta >= 0 => {
+                        return Err(format!("refund update {} does not take credits", update.id));
+                    }
                     _ => {}
                 }
             }

@@ -24,7 +24,10 @@ pub mod window;
 /// seeded per process, so that client-chosen keys cannot aim at one bucket.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-pub use account::{AccountState, Outcome, SettleError, Settlement, Usage};
+pub use account::{
+    AccountState, Alert, AutoRecharge, BillingAnswer, BillingOp, BillingView, Charge, GrantSource, Notice, Outcome,
+    Payment, PaymentOrigin, PaymentStatus, SettleError, Settlement, Usage, Work,
+};
 pub use catalog::Catalog;
 pub use decision::*;
 pub use engine::Engine;

@@ -87,6 +87,49 @@ pub const CHARGE_MICROS_MAX: u64 = 1_000_000_000_000_000;
 /// Largest overdraft, in micro-credits.
 pub const OVERDRAFT_MICROS_MAX: u64 = 1_000_000_000_000_000;
 
+// ----- Payments and alerts -----
+
+/// Largest amount of one payment, in the currency's minor unit: the most a
+/// payment provider takes in one charge (Stripe: 99,999,999 cents).
+pub const PAYMENT_AMOUNT_MAX: u64 = 99_999_999;
+
+/// Expiry of purchased credits when the catalog does not say: twelve months.
+pub const PURCHASED_CREDITS_EXPIRY_DEFAULT: crate::Duration = crate::Duration::from_days(365);
+
+/// Most packs a catalog offers.
+pub const PACKS_MAX: usize = 64;
+
+/// Most checkouts of one account waiting for their payment: each is kept in
+/// the account's state until it is paid or lapses.
+pub const PENDING_CHECKOUTS_PER_ACCOUNT_MAX: usize = 100;
+
+/// How long an unpaid checkout is kept (a provider's checkout page lapses
+/// within a day).
+pub const CHECKOUT_RETENTION: crate::Duration = crate::Duration::from_days(7);
+
+/// How long a paid payment is kept, so that a refund can find its grant
+/// (card refunds are possible for about 180 days).
+pub const PAYMENT_RETENTION: crate::Duration = crate::Duration::from_days(400);
+
+/// Most alerts waiting for delivery in one account; beyond, the oldest is
+/// dropped and counted, so that an unreachable receiver cannot grow a state
+/// without bound.
+pub const NOTICES_PER_ACCOUNT_MAX: usize = 1_000;
+
+/// Attempts to deliver one alert (or to charge one recharge) before giving up.
+pub const DELIVERY_ATTEMPTS_MAX: u32 = 12;
+
+/// The first retry delay of a delivery; each further attempt doubles it, up
+/// to [`DELIVERY_BACKOFF_MAX`].
+pub const DELIVERY_BACKOFF_FIRST: crate::Duration = crate::Duration::from_seconds(2);
+pub const DELIVERY_BACKOFF_MAX: crate::Duration = crate::Duration::from_hours(1);
+
+/// Failed automatic recharges in a row that turn auto-recharge off.
+pub const RECHARGE_FAILURES_MAX: u32 = 3;
+
+/// The wait after a failed automatic recharge before the next one may start.
+pub const RECHARGE_RETRY_DELAY: crate::Duration = crate::Duration::from_seconds(1);
+
 // ----- The HTTP API -----
 
 /// Largest request body; a larger one is refused with 413.

@@ -1537,6 +1537,7 @@ impl Harness {
                     BalanceCause::Debit { .. } => "debit",
                     BalanceCause::Grant { .. } => "grant",
                     BalanceCause::Expiry => "expiry",
+                    BalanceCause::Refund { .. } => "refund",
                 };
                 self.step_updates.push((account, (source, update.delta, cause)));
             }

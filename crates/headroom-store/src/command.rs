@@ -42,6 +42,11 @@ pub enum Command {
     Advance,
     /// Moves one account to now (a store that sweeps accounts one by one).
     AdvanceAccount(AccountId),
+    /// Payments, auto-recharge and the outbox of alerts of one account.
+    Billing {
+        account: AccountId,
+        op: BillingOp,
+    },
 }
 
 /// What a command answered, with the events it recorded.
@@ -52,6 +57,7 @@ pub enum Response {
     Released(Outcome<Released>),
     GrantAdded(Outcome<GrantAdded>),
     Settled { settlement: Settlement, events: Vec<Event> },
+    Billing { answer: BillingAnswer, events: Vec<Event> },
 }
 
 impl Response {
@@ -61,14 +67,16 @@ impl Response {
             Response::Decision(outcome) => &outcome.events,
             Response::Released(outcome) => &outcome.events,
             Response::GrantAdded(outcome) => &outcome.events,
-            Response::Settled { events, .. } => events,
+            Response::Settled { events, .. } | Response::Billing { events, .. } => events,
         }
     }
 
     /// Moves the events out, for the log; the answer keeps the rest.
     pub fn take_events(&mut self) -> Vec<Event> {
         match self {
-            Response::Done { events } | Response::Settled { events, .. } => std::mem::take(events),
+            Response::Done { events } | Response::Settled { events, .. } | Response::Billing { events, .. } => {
+                std::mem::take(events)
+            }
             Response::Decision(outcome) => std::mem::take(&mut outcome.events),
             Response::Released(outcome) => std::mem::take(&mut outcome.events),
             Response::GrantAdded(outcome) => std::mem::take(&mut outcome.events),
@@ -136,6 +144,9 @@ pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<R
             Ok(Response::Settled { settlement, events })
         }
         Command::Advance => Ok(Response::Done { events: engine.advance_all(now) }),
+        Command::Billing { account, op } => {
+            engine.billing(account, op, now).map(|(answer, events)| Response::Billing { answer, events }).map_err(core)
+        }
         Command::AdvanceAccount(account) => {
             engine.advance_account(account, now).map(|events| Response::Done { events }).map_err(core)
         }

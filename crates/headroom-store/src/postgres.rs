@@ -82,11 +82,14 @@ const MIGRATION_LOCK: i64 = 0x6865_6164_726f_6f6d; // "headroom"
 /// The encoding of the states, answers and event bodies stored (postcard
 /// of the core's types): a node that reads another format refuses to start,
 /// rather than decode bytes it would misread.
-const STATE_FORMAT: &str = "1";
+const STATE_FORMAT: &str = "2";
 
 /// The schema, in order; each applied once, recorded in `headroom_migrations`.
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("postgres/0001_schema.sql")), (2, include_str!("postgres/0002_tokens.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("postgres/0001_schema.sql")),
+    (2, include_str!("postgres/0002_tokens.sql")),
+    (3, include_str!("postgres/0003_work.sql")),
+];
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -399,6 +402,26 @@ impl PostgresStore {
         })
     }
 
+    /// Accounts with alerts or a recharge due by the database's clock, the
+    /// most overdue first.
+    pub fn due_work(&self, limit: usize) -> Result<Vec<AccountId>, StoreError> {
+        self.shared.read(|client| {
+            let rows = client
+                .query(
+                    "SELECT id FROM accounts WHERE work_at <= (extract(epoch FROM now()) * 1000)::int8
+                     ORDER BY work_at LIMIT $1",
+                    &[&(limit as i64)],
+                )
+                .map_err(|error| unavailable(&error))?;
+            rows.iter()
+                .map(|row| {
+                    AccountId::new(row.get::<_, &str>(0))
+                        .map_err(|error| StoreError::Unavailable(format!("a stored account id {error}")))
+                })
+                .collect()
+        })
+    }
+
     /// Balance updates decided but not settled yet, over every account.
     pub fn unsettled_updates(&self) -> Result<u64, StoreError> {
         self.shared.read(|client| {
@@ -508,6 +531,7 @@ impl crate::Store for PostgresStore {
             | Command::Capture { account, .. }
             | Command::Release { account, .. }
             | Command::AddGrant { account, .. }
+            | Command::Billing { account, .. }
             | Command::AdvanceAccount(account) => Some(account.clone()),
             Command::Settle(_) => {
                 return reply(Err(StoreError::Unavailable(

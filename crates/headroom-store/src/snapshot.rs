@@ -18,7 +18,7 @@ use crate::StoreError;
 use crate::log::{list_numbered, sync_directory};
 
 const MAGIC: &[u8; 8] = b"HEADROOM";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER_BYTES: usize = 8 + 4 + 8 + 8 + 4;
 
 pub fn snapshot_path(directory: &Path, batch: u64) -> PathBuf {

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod payments;
 pub mod random;
 pub mod server;
 pub mod simulate;

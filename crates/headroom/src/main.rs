@@ -56,6 +56,12 @@ enum Action {
         /// Do not create the demo account on first start.
         #[arg(long, env = "HEADROOM_NO_DEMO")]
         no_demo: bool,
+        /// Where alerts (balance.low, credits.granted, limit.reached…) are
+        /// sent: a TOML file of `[[endpoints]]` with `url`, `secret` and an
+        /// optional `events` filter. Payments come from HEADROOM_STRIPE_SECRET_KEY,
+        /// HEADROOM_STRIPE_WEBHOOK_SECRET and HEADROOM_STRIPE_API_BASE.
+        #[arg(long, env = "HEADROOM_ALERTS")]
+        alerts: Option<PathBuf>,
     },
     /// Load a server over HTTP/1.1 keep-alive connections, closed loop, and
     /// report throughput, latency percentiles, errors and the server's CPU
@@ -303,7 +309,7 @@ fn print_call(result: Result<String, ClientError>) -> ExitCode {
 
 fn main() -> ExitCode {
     match Command::parse().action {
-        Action::Serve { listen, data_dir, store, postgres_connections, catalog, log_format, no_demo } => {
+        Action::Serve { listen, data_dir, store, postgres_connections, catalog, log_format, no_demo, alerts } => {
             let admin_token = std::env::var("HEADROOM_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
             let config = ServeConfig {
                 listen,
@@ -314,6 +320,7 @@ fn main() -> ExitCode {
                 log_format,
                 demo: !no_demo,
                 admin_token,
+                alerts,
             };
             match server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -60,15 +60,19 @@ use std::ops::RangeInclusive;
 
 use toml::{Table, Value};
 
-use super::{Catalog, Feature, Group, IncludedGrant, Metered, Plan, Price, Scope, Settings, WindowKind, WindowSpec};
+use super::{
+    Alerts, Catalog, Feature, Group, IncludedGrant, Metered, Pack, Plan, Price, Purchases, Scope, Settings, WindowKind,
+    WindowSpec,
+};
 use crate::GrantKind;
-use crate::ids::{FeatureId, GroupId, IdError, PlanId, WindowId};
+use crate::ids::{FeatureId, GrantId, GroupId, IdError, PlanId, WindowId};
 use crate::limits::{
     ATTRIBUTE_LENGTH_MAX, CATALOG_DURATION_MAX, GRANT_MICROS_MAX, GROUP_WEIGHT_MAX, IDEMPOTENCY_RETENTION_DEFAULT,
-    IDEMPOTENCY_RETENTION_MIN, INCLUDED_GRANTS_PER_PLAN_MAX, OVERDRAFT_MICROS_MAX, PRICE_MICROS_MAX,
-    SLIDING_BUCKETS_DEFAULT, SLIDING_BUCKETS_MAX, UNIT_LENGTH_MAX, WINDOW_CAPACITY_MAX, WINDOWS_PER_PLAN_MAX,
+    IDEMPOTENCY_RETENTION_MIN, INCLUDED_GRANTS_PER_PLAN_MAX, OVERDRAFT_MICROS_MAX, PACKS_MAX, PAYMENT_AMOUNT_MAX,
+    PRICE_MICROS_MAX, PURCHASED_CREDITS_EXPIRY_DEFAULT, SLIDING_BUCKETS_DEFAULT, SLIDING_BUCKETS_MAX, UNIT_LENGTH_MAX,
+    WINDOW_CAPACITY_MAX, WINDOWS_PER_PLAN_MAX,
 };
-use crate::money::Credits;
+use crate::money::{Credits, MICROS_PER_CREDIT};
 use crate::time::Duration;
 
 /// Why a catalog is invalid, and where.
@@ -94,7 +98,7 @@ impl std::error::Error for CatalogError {}
 pub fn parse(text: &str) -> Result<Catalog, CatalogError> {
     let document: Table = text.parse().map_err(|error| syntax_error(text, &error))?;
     let root = Section { table: &document, path: Path::root() };
-    root.only(&["settings", "features", "groups", "plans"])?;
+    root.only(&["settings", "features", "groups", "plans", "purchases", "alerts"])?;
     let settings = match root.optional("settings") {
         Some(field) => parse_settings(&field.table()?)?,
         None => Settings { default_grant_expiry: None, idempotency_retention: IDEMPOTENCY_RETENTION_DEFAULT },
@@ -107,7 +111,14 @@ pub fn parse(text: &str) -> Result<Catalog, CatalogError> {
     let plans = parse_entries(&root.non_empty_table("plans", "plan")?, PlanId::new, |id, section| {
         parse_plan(id, section, &features, &groups)
     })?;
-    Ok(Catalog::new(features, groups, plans, settings))
+    let mut catalog = Catalog::new(features, groups, plans, settings);
+    if let Some(field) = root.optional("purchases") {
+        catalog.purchases = Some(parse_purchases(&field.table()?)?);
+    }
+    if let Some(field) = root.optional("alerts") {
+        catalog.alerts = parse_alerts(&field.table()?)?;
+    }
+    Ok(catalog)
 }
 
 /// A syntax error is located by line and column: there is no field path yet.
@@ -146,6 +157,74 @@ fn parse_settings(section: &Section<'_>) -> Result<Settings, CatalogError> {
         None => IDEMPOTENCY_RETENTION_DEFAULT,
     };
     Ok(Settings { default_grant_expiry, idempotency_retention })
+}
+
+fn parse_purchases(section: &Section<'_>) -> Result<Purchases, CatalogError> {
+    section.only(&["currency", "price_per_credit", "min_credits", "max_credits", "credits_expire_after", "packs"])?;
+    let currency_field = section.required("currency")?;
+    let currency = currency_field.string()?;
+    if currency.len() != 3 || !currency.bytes().all(|byte| byte.is_ascii_lowercase()) {
+        return Err(currency_field
+            .path
+            .error(format!("expected a lower-case ISO 4217 code such as \"usd\", found {currency:?}")));
+    }
+    let price_per_credit =
+        section.required("price_per_credit")?.integer("an integer of minor currency units", 1..=PAYMENT_AMOUNT_MAX)?;
+    let min_credits = match section.optional("min_credits") {
+        Some(field) => field.integer("an integer of whole credits", 1..=GRANT_MICROS_MAX / MICROS_PER_CREDIT)?,
+        None => 1,
+    };
+    let max_field = section.required("max_credits")?;
+    let max_credits =
+        max_field.integer("an integer of whole credits", min_credits..=GRANT_MICROS_MAX / MICROS_PER_CREDIT)?;
+    if max_credits.checked_mul(price_per_credit).is_none_or(|amount| amount > PAYMENT_AMOUNT_MAX) {
+        return Err(max_field
+            .path
+            .error(format!("max_credits × price_per_credit must be <= {PAYMENT_AMOUNT_MAX}, the largest payment")));
+    }
+    let credits_expire_after = match section.optional("credits_expire_after") {
+        Some(field) => field.positive_duration()?,
+        None => PURCHASED_CREDITS_EXPIRY_DEFAULT,
+    };
+    let packs = match section.optional("packs") {
+        Some(field) => {
+            let table = field.table()?;
+            if table.table.len() > PACKS_MAX {
+                return Err(field.path.error(format!("at most {PACKS_MAX} packs, found {}", table.table.len())));
+            }
+            parse_entries(&table, GrantId::new, |_, pack| {
+                pack.only(&["credits", "price"])?;
+                let credits = pack
+                    .required("credits")?
+                    .integer("an integer of whole credits", 1..=GRANT_MICROS_MAX / MICROS_PER_CREDIT)?;
+                let price =
+                    pack.required("price")?.integer("an integer of minor currency units", 1..=PAYMENT_AMOUNT_MAX)?;
+                Ok(Pack { credits, price })
+            })?
+        }
+        None => BTreeMap::new(),
+    };
+    Ok(Purchases {
+        currency: currency.to_owned(),
+        price_per_credit,
+        min_credits,
+        max_credits,
+        credits_expire_after,
+        packs,
+    })
+}
+
+fn parse_alerts(section: &Section<'_>) -> Result<Alerts, CatalogError> {
+    section.only(&["limit_approaching", "low_balance"])?;
+    let limit_approaching_percent = match section.optional("limit_approaching") {
+        Some(field) => field.integer("an integer percentage", 1..=99)?,
+        None => Alerts::default().limit_approaching_percent,
+    };
+    let low_balance = match section.optional("low_balance") {
+        Some(field) => Some(field.credits(1..=GRANT_MICROS_MAX)?),
+        None => None,
+    };
+    Ok(Alerts { limit_approaching_percent, low_balance })
 }
 
 fn parse_feature(id: FeatureId, section: Section<'_>) -> Result<Feature, CatalogError> {

@@ -13,10 +13,12 @@ use super::{encode, encode_state, millis};
 pub(super) const WRITE: &str = "
 WITH updated AS (
     UPDATE accounts SET state = ($2::bytea[])[array_position($1::text[], id)],
-                        due_at = ($3::int8[])[array_position($1::text[], id)]
+                        due_at = ($3::int8[])[array_position($1::text[], id)],
+                        work_at = ($46::int8[])[array_position($1::text[], id)]
     WHERE id = ANY($1::text[])
 ), created AS (
-    INSERT INTO accounts (id, state, due_at) SELECT * FROM unnest($4::text[], $5::bytea[], $6::int8[])
+    INSERT INTO accounts (id, state, due_at, work_at)
+    SELECT * FROM unnest($4::text[], $5::bytea[], $6::int8[], $47::int8[])
 ), subjects_added AS (
     INSERT INTO subjects (id, account) SELECT * FROM unnest($7::text[], $8::text[])
 ), keys_added AS (
@@ -47,6 +49,8 @@ SELECT 1";
 pub(super) struct Rows {
     updated: (Vec<String>, Vec<Vec<u8>>, Vec<Option<i64>>),
     created: (Vec<String>, Vec<Vec<u8>>, Vec<Option<i64>>),
+    updated_work: Vec<Option<i64>>,
+    created_work: Vec<Option<i64>>,
     subjects: (Vec<String>, Vec<String>),
     keys: KeyColumns,
     usage: UsageColumns,
@@ -118,6 +122,8 @@ impl Rows {
         columns.0.push(state.id().to_string());
         columns.1.push(encode_state(state));
         columns.2.push(state.next_deadline().map(millis));
+        let work = if new { &mut self.created_work } else { &mut self.updated_work };
+        work.push(state.next_work().map(millis));
     }
 
     pub(super) fn key(&mut self, account: &AccountId, stored: StoredKey) {
@@ -185,6 +191,7 @@ impl Rows {
             BalanceCause::Debit { monetization } => ("debit", Some(monetization.to_string())),
             BalanceCause::Grant { .. } => ("grant", None),
             BalanceCause::Expiry => ("expiry", None),
+            BalanceCause::Refund { .. } => ("refund", None),
         };
         columns.causes.push(cause);
         columns.monetizations.push(monetization);
@@ -250,6 +257,8 @@ impl Rows {
             &self.corrections.write_offs,
             &self.corrections.ats,
             &self.corrections.bodies,
+            &self.updated_work,
+            &self.created_work,
         ]
     }
 }

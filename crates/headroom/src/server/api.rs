@@ -300,6 +300,8 @@ pub struct AccountView {
     /// Micro-credits spendable now.
     pub balance: u64,
     pub subjects: Vec<String>,
+    /// The wallet's grants in waterfall order.
+    pub grants: Vec<GrantView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -383,7 +385,7 @@ pub struct Status {
 
 /// An integer of any size JSON writes (a number past a bound is a 422 that
 /// names it, not a parse error); fractions are refused.
-fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
+pub(super) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
     struct Integer;
     impl serde::de::Visitor<'_> for Integer {
         type Value = i128;
@@ -400,7 +402,7 @@ fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i128, D:
     deserializer.deserialize_any(Integer)
 }
 
-fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i128>, D::Error> {
+pub(super) fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i128>, D::Error> {
     #[derive(Deserialize)]
     struct Wrapped(#[serde(deserialize_with = "integer")] i128);
     Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|Wrapped(value)| value))
@@ -606,18 +608,18 @@ pub fn usage_view(subject: &SubjectId, account: &AccountId, usage: &Usage) -> Us
         windows: usage.windows.iter().map(window_view).collect(),
         balance: usage.available.micros(),
         settled_balance: i64::try_from(usage.settled_balance).expect("balances are bounded by limits"),
-        grants: usage
-            .grants
-            .iter()
-            .map(|grant| GrantView {
-                id: grant.id.to_string(),
-                kind: grant.kind.as_str().to_string(),
-                priority: grant.priority,
-                granted: grant.granted.micros(),
-                remaining: grant.available().micros(),
-                expires_at: grant.expires_at.map(time),
-            })
-            .collect(),
+        grants: usage.grants.iter().map(grant_view).collect(),
+    }
+}
+
+fn grant_view(grant: &headroom_core::wallet::Grant) -> GrantView {
+    GrantView {
+        id: grant.id.to_string(),
+        kind: grant.kind.as_str().to_string(),
+        priority: grant.priority,
+        granted: grant.granted.micros(),
+        remaining: grant.available().micros(),
+        expires_at: grant.expires_at.map(time),
     }
 }
 
@@ -630,6 +632,7 @@ pub fn account_view(account: &AccountState, now: Timestamp) -> AccountView {
         overdraft: account.wallet().overdraft.limit.micros(),
         balance: account.wallet().available(now).micros(),
         subjects,
+        grants: account.wallet().grants.iter().filter(|grant| !grant.is_expired(now)).map(grant_view).collect(),
     }
 }
 
@@ -643,6 +646,7 @@ fn ledger_entry_view(entry: &LedgerEntry) -> LedgerEntryView {
         BalanceCause::Debit { .. } => ("debit", None),
         BalanceCause::Grant { idempotency_key } => ("grant", Some(idempotency_key.to_string())),
         BalanceCause::Expiry => ("expiry", None),
+        BalanceCause::Refund { .. } => ("refund", None),
     };
     LedgerEntryView {
         sequence: update.sequence,

@@ -93,6 +93,30 @@ impl Backend {
         }
     }
 
+    /// Accounts with alerts or a recharge due now, at most `limit`.
+    pub async fn due_work(&self, limit: usize) -> Result<Vec<AccountId>, StoreError> {
+        match self {
+            Backend::Embedded { store, .. } => {
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                let now = Clock::now(&headroom_store::SystemClock);
+                store.read(
+                    move |engine| {
+                        let due = engine.accounts().filter(|account| account.next_work().is_some_and(|at| at <= now));
+                        due.take(limit).map(|account| account.id().clone()).collect()
+                    },
+                    move |answer| {
+                        let _ = sender.send(answer);
+                    },
+                );
+                receiver.await.unwrap_or_else(|_| Err(stopped()))
+            }
+            Backend::Postgres(store) => {
+                let store = store.clone();
+                blocking(move || store.due_work(limit)).await
+            }
+        }
+    }
+
     /// One page of an account's ledger, only what is durable.
     pub async fn ledger(&self, account: AccountId, after: u64, limit: usize) -> Result<LedgerPage, StoreError> {
         match self {

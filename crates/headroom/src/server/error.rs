@@ -118,7 +118,15 @@ impl From<CoreError> for ApiError {
             | CoreError::SubjectInOtherAccount { .. }
             | CoreError::GrantExists(_)
             | CoreError::TooManyGrants => status(StatusCode::CONFLICT, "conflict"),
-            CoreError::IdempotencyCapacity | CoreError::TooManyReservations => {
+            CoreError::UnknownPayment(_) => status(StatusCode::NOT_FOUND, "unknown_checkout"),
+            CoreError::PaymentMismatch(_) => status(StatusCode::CONFLICT, "conflict"),
+            CoreError::PurchasesNotOffered => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "purchases_not_offered", message.clone())
+            }
+            CoreError::InvalidAutoRecharge(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message.clone())
+            }
+            CoreError::IdempotencyCapacity | CoreError::TooManyReservations | CoreError::TooManyCheckouts => {
                 status(StatusCode::TOO_MANY_REQUESTS, "capacity_exceeded")
             }
         }

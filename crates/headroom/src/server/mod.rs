@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod billing;
 pub mod body;
 pub mod error;
 pub mod metrics;
@@ -56,11 +57,15 @@ pub struct ServeConfig {
     pub demo: bool,
     /// From `HEADROOM_ADMIN_TOKEN` (never a flag: flags show in `ps`).
     pub admin_token: Option<String>,
+    /// Where alerts go: a TOML file of `[[endpoints]]`.
+    pub alerts: Option<PathBuf>,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Backend,
+    pub catalog: Arc<Catalog>,
+    pub payments: Arc<billing::Payments>,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
 }
@@ -89,17 +94,22 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         None => Catalog::demo(),
     };
     let catalog = Arc::new(catalog);
+    let endpoints = match &config.alerts {
+        Some(path) => crate::payments::alerts::read_endpoints(path)?,
+        None => Vec::new(),
+    };
+    let payments = Arc::new(billing::Payments::configure(endpoints)?);
     let store = match &config.store {
         None => {
             let store_config = StoreConfig { refuse_when_busy: true, ..StoreConfig::new(&config.data_dir) };
-            let store =
-                EmbeddedStore::open(store_config, catalog, Arc::new(SystemClock)).map_err(|error| error.to_string())?;
+            let store = EmbeddedStore::open(store_config, catalog.clone(), Arc::new(SystemClock))
+                .map_err(|error| error.to_string())?;
             Backend::Embedded { store: Arc::new(store), data_dir: Arc::new(config.data_dir.clone()) }
         }
         Some(url) => {
             let postgres_config =
                 PostgresConfig { connections: config.postgres_connections.max(1), ..PostgresConfig::new(url) };
-            let store = PostgresStore::open(postgres_config, catalog)
+            let store = PostgresStore::open(postgres_config, catalog.clone())
                 .map_err(|error| format!("cannot open the PostgreSQL store: {error}"))?;
             Backend::Postgres(Arc::new(store))
         }
@@ -139,7 +149,13 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             })?,
         }
     }
-    let state = AppState { store: store.clone(), tokens: Arc::new(tokens), metrics: Arc::new(Metrics::default()) };
+    let state = AppState {
+        store: store.clone(),
+        catalog,
+        payments,
+        tokens: Arc::new(tokens),
+        metrics: Arc::new(Metrics::default()),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("headroom-http")
@@ -155,6 +171,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         // A plain line for people and scripts: where to send requests.
         println!("headroom listening on http://{address}");
         let advance = tokio::spawn(advance_periodically(state.clone()));
+        let worker = tokio::spawn(billing::work(state.clone()));
 
         let app = routes::router(state.clone());
         let (stopping, stopped) = tokio::sync::oneshot::channel();
@@ -179,6 +196,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             }
         };
         advance.abort();
+        worker.abort();
         served
     });
     // In-flight requests are answered; now settle what was decided and sync.

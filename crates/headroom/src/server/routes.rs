@@ -39,6 +39,7 @@ use super::metrics::Stopwatch;
     tags(
         (name = "decisions", description = "Decide, reserve, capture, release: for service tokens and the admin token"),
         (name = "usage", description = "What a subject sees: its windows and its account's wallet"),
+        (name = "payments", description = "Buying credits, auto-recharge and the payment provider's webhook"),
         (name = "admin", description = "Accounts, subjects, grants, the ledger and tokens: admin token only"),
         (name = "operations", description = "Health, readiness, metrics and this document: no token needed"),
     )
@@ -55,7 +56,7 @@ impl Modify for BearerAuth {
 }
 
 /// Every error status a route may answer, each with the one error shape.
-struct Errors;
+pub(super) struct Errors;
 
 impl utoipa::IntoResponses for Errors {
     fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
@@ -122,6 +123,10 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(add_grant))
         .routes(routes!(ledger))
         .routes(routes!(create_token))
+        .routes(routes!(super::billing::create_checkout))
+        .routes(routes!(super::billing::get_checkout))
+        .routes(routes!(super::billing::get_auto_recharge, super::billing::put_auto_recharge))
+        .routes(routes!(super::billing::stripe_webhook))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -145,7 +150,7 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
 }
 
 /// A path segment, with errors in the API's shape.
-struct Segment(String);
+pub(super) struct Segment(pub(super) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Segment {
     type Rejection = ApiError;
