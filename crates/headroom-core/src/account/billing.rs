@@ -282,7 +282,8 @@ pub struct Charge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BillingAnswer {
     Payment(Payment),
-    /// `granted`: this call granted the credits (false: an earlier one did).
+    /// A checkout or a recharge paid. `granted`: this call granted its
+    /// credits (false: an earlier one did).
     Completed {
         payment: Payment,
         granted: bool,
@@ -420,15 +421,15 @@ impl AccountState {
                 BillingAnswer::Done
             }
             BillingOp::RechargePaid { payment, provider_ref } => {
-                let status = self.billing.payments[payment].status;
-                if status != PaymentStatus::Paid {
+                let granted = self.billing.payments[payment].status != PaymentStatus::Paid;
+                if granted {
                     self.pay(catalog, payment, provider_ref.clone(), GrantSource::Recharge, now, &mut events);
                     self.billing.auto_recharge.failures = 0;
                 }
                 if self.billing.recharging.as_ref() == Some(payment) {
                     self.billing.recharging = None;
                 }
-                BillingAnswer::Payment(self.billing.payments[payment].clone())
+                BillingAnswer::Completed { payment: self.billing.payments[payment].clone(), granted }
             }
             BillingOp::RechargeFailed { payment, reason } => {
                 if self.billing.recharging.as_ref() == Some(payment) {

@@ -404,6 +404,9 @@ pub(super) async fn put_auto_recharge(
 ) -> Result<Response, ApiError> {
     let account = account_path(&id)?;
     principal.may_act_for(&account)?;
+    if body.enabled {
+        state.payments.provider()?;
+    }
     let minimum = Credits::from_micros(bounded("minimum", body.minimum, 0..=GRANT_MICROS_MAX)?);
     let target = Credits::from_micros(bounded("target", body.target, 1..=GRANT_MICROS_MAX)?);
     if target <= minimum {
@@ -465,11 +468,11 @@ pub(super) async fn stripe_webhook(
         (Ok(account), Ok(payment)) => Ok((account, payment)),
         _ => Err(not_ours(&format!("account {account:?} or payment {payment:?} is not one of Headroom's ids"))),
     };
-    let (account, op, granted_result) = match event {
+    let (account, op) = match event {
         WebhookEvent::CheckoutPaid { account, checkout, amount, currency, session, .. } => {
             let (account, payment) = parse_ids(&account, &checkout)?;
             let provider_ref = ProviderRef::new(&session).ok();
-            (account, BillingOp::CompleteCheckout { payment, amount, currency, provider_ref }, "granted")
+            (account, BillingOp::CompleteCheckout { payment, amount, currency, provider_ref })
         }
         WebhookEvent::CheckoutUnpaid { .. } => return Ok(webhook_answer("pending")),
         WebhookEvent::PaymentMethodSaved { account, checkout, customer, payment_method, .. } => {
@@ -483,22 +486,18 @@ pub(super) async fn stripe_webhook(
             else {
                 return Err(rejected(WebhookError::Malformed("customer or payment_method is not an id".to_string())));
             };
-            (account, BillingOp::SavePaymentMethod { customer, payment_method }, "saved")
+            (account, BillingOp::SavePaymentMethod { customer, payment_method })
         }
         WebhookEvent::RechargeSucceeded { account, recharge, payment_intent, .. } => {
             let (account, payment) = parse_ids(&account, &recharge)?;
-            (
-                account,
-                BillingOp::RechargePaid { payment, provider_ref: ProviderRef::new(&payment_intent).ok() },
-                "recharged",
-            )
+            (account, BillingOp::RechargePaid { payment, provider_ref: ProviderRef::new(&payment_intent).ok() })
         }
         WebhookEvent::Refunded { account, payment, amount_refunded, currency, .. } => {
             let payment = match &payment {
                 PaymentRef::Checkout(id) | PaymentRef::Recharge(id) => id.clone(),
             };
             let (account, payment) = parse_ids(&account, &payment)?;
-            (account, BillingOp::Refund { payment, refunded_amount: amount_refunded, currency }, "refunded")
+            (account, BillingOp::Refund { payment, refunded_amount: amount_refunded, currency })
         }
         WebhookEvent::Ignored { .. } => return Ok(webhook_answer("ignored")),
     };
@@ -513,8 +512,10 @@ pub(super) async fn stripe_webhook(
         other => ApiError::from(other),
     })?;
     let result = match answer {
+        BillingAnswer::Completed { granted: true, .. } => "granted",
         BillingAnswer::Completed { granted: false, .. } => "already_granted",
-        _ => granted_result,
+        BillingAnswer::Refunded { .. } => "refunded",
+        _ => "saved",
     };
     tracing::info!(result, "webhook applied");
     Ok(webhook_answer(result))

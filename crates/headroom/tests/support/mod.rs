@@ -5,6 +5,9 @@
 #[allow(unused_imports)] // Only the PostgreSQL tests use it.
 pub use headroom::throwaway_postgres as postgres;
 
+pub mod fakes;
+
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitStatus, Stdio};
@@ -62,8 +65,18 @@ impl Server {
 
     /// Starts the server through `command` (a wrapper such as a shell, or the
     /// binary itself) and waits until it prints where it listens.
-    pub fn start_with(mut command: Process, data: &Path, admin: Option<&str>) -> Server {
-        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data);
+    pub fn start_with(command: Process, data: &Path, admin: Option<&str>) -> Server {
+        Server::start_with_arguments(command, data, admin, &[])
+    }
+
+    /// As [`Server::start_with`], with more `serve` arguments (`--catalog FILE`…).
+    pub fn start_with_arguments(
+        mut command: Process,
+        data: &Path,
+        admin: Option<&str>,
+        arguments: &[&OsStr],
+    ) -> Server {
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data).args(arguments);
         command.env_remove("HEADROOM_ADMIN_TOKEN");
         if let Some(token) = admin {
             command.env("HEADROOM_ADMIN_TOKEN", token);
@@ -134,41 +147,49 @@ fn request(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Result<Reply, ureq::Error> {
-    {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(60)))
-            .build()
-            .into();
-        let url = format!("{base}{path}");
-        let authorization = token.map(|token| format!("Bearer {token}"));
-        let mut response = match (method, body) {
-            ("GET", _) => {
-                let mut request = agent.get(&url);
-                if let Some(value) = &authorization {
-                    request = request.header("authorization", value);
-                }
-                request.call()
+    let agent = agent();
+    let url = format!("{base}{path}");
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let response = match (method, body) {
+        ("GET", _) => {
+            let mut request = agent.get(&url);
+            if let Some(value) = &authorization {
+                request = request.header("authorization", value);
             }
-            ("DELETE", _) => agent.delete(&url).call(),
-            (_, body) => {
-                let mut request = if method == "PUT" { agent.put(&url) } else { agent.post(&url) };
-                if let Some(value) = &authorization {
-                    request = request.header("authorization", value);
-                }
-                request.header("content-type", "application/json").send(body.unwrap_or_default())
+            request.call()
+        }
+        ("DELETE", _) => agent.delete(&url).call(),
+        (_, body) => {
+            let mut request = if method == "PUT" { agent.put(&url) } else { agent.post(&url) };
+            if let Some(value) = &authorization {
+                request = request.header("authorization", value);
             }
-        }?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(name, value)| (name.as_str().to_string(), value.to_str().unwrap_or_default().to_string()))
-            .collect();
-        let text = response.body_mut().with_config().limit(64 << 20).read_to_string()?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Reply { status, headers, body })
-    }
+            request.header("content-type", "application/json").send(body.unwrap_or_default())
+        }
+    }?;
+    read_reply(response)
+}
+
+/// A client that returns every status as an answer, never as an error.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// An answer's status, headers and body (JSON when it parses as JSON).
+fn read_reply(mut response: ureq::http::Response<ureq::Body>) -> Result<Reply, ureq::Error> {
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_string(), value.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let text = response.body_mut().with_config().limit(64 << 20).read_to_string()?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Reply { status, headers, body })
 }
 
 impl Drop for Server {
