@@ -22,11 +22,20 @@ pub struct Engine {
     accounts: Vec<AccountState>,
     account_index: FastMap<AccountId, usize>,
     subjects: FastMap<SubjectId, usize>,
+    /// Accounts that have alerts or a recharge waiting, so that the worker
+    /// finds them without looking at every account.
+    working: std::collections::BTreeSet<usize>,
 }
 
 impl Engine {
     pub fn new(catalog: Arc<Catalog>) -> Engine {
-        Engine { catalog, accounts: Vec::new(), account_index: FastMap::default(), subjects: FastMap::default() }
+        Engine {
+            catalog,
+            accounts: Vec::new(),
+            account_index: FastMap::default(),
+            subjects: FastMap::default(),
+            working: std::collections::BTreeSet::new(),
+        }
     }
 
     /// Rebuilds an engine from account states (a snapshot), with the subject index.
@@ -64,6 +73,32 @@ impl Engine {
         }
         self.account_index.insert(account.id().clone(), index);
         self.accounts.push(account);
+        self.note_work(index);
+    }
+
+    /// Runs `operation` on the account at `index`, then notes whether it has
+    /// work waiting.
+    fn on_account<T>(&mut self, index: usize, operation: impl FnOnce(&Catalog, &mut AccountState) -> T) -> T {
+        let result = operation(&self.catalog, &mut self.accounts[index]);
+        self.note_work(index);
+        result
+    }
+
+    fn note_work(&mut self, index: usize) {
+        if self.accounts[index].has_work() {
+            self.working.insert(index);
+        } else if !self.working.is_empty() {
+            self.working.remove(&index);
+        }
+    }
+
+    /// Accounts with alerts or a recharge due at `now`, at most `limit`.
+    pub fn due_work(&self, now: Timestamp, limit: usize) -> Vec<AccountId> {
+        let due = self.working.iter().map(|index| &self.accounts[*index]);
+        due.filter(|account| account.next_work().is_some_and(|at| at <= now))
+            .take(limit)
+            .map(|account| account.id().clone())
+            .collect()
     }
 
     pub fn put_subject(
@@ -100,26 +135,22 @@ impl Engine {
         Ok(self.accounts[*index].id())
     }
 
-    /// The catalog and the account of `subject`, borrowed apart.
-    fn subject_account(&mut self, subject: &SubjectId) -> Result<(&Catalog, &mut AccountState), CoreError> {
-        let index = self.subjects.get(subject).ok_or_else(|| CoreError::UnknownSubject(subject.clone()))?;
-        Ok((&self.catalog, &mut self.accounts[*index]))
+    fn subject_index(&self, subject: &SubjectId) -> Result<usize, CoreError> {
+        self.subjects.get(subject).copied().ok_or_else(|| CoreError::UnknownSubject(subject.clone()))
+    }
+
+    fn account_index(&self, id: &AccountId) -> Result<usize, CoreError> {
+        self.account_index.get(id).copied().ok_or_else(|| CoreError::UnknownAccount(id.clone()))
     }
 
     pub fn decide(&mut self, request: &DecisionRequest, now: Timestamp) -> Result<Outcome<Decision>, CoreError> {
-        let (catalog, account) = self.subject_account(&request.subject)?;
-        account.decide(catalog, request, now)
+        let index = self.subject_index(&request.subject)?;
+        self.on_account(index, |catalog, account| account.decide(catalog, request, now))
     }
 
     pub fn reserve(&mut self, request: &ReserveRequest, now: Timestamp) -> Result<Outcome<Decision>, CoreError> {
-        let (catalog, account) = self.subject_account(&request.subject)?;
-        account.reserve(catalog, request, now)
-    }
-
-    /// The catalog and an account, borrowed apart.
-    fn catalog_and_account(&mut self, id: &AccountId) -> Result<(&Catalog, &mut AccountState), CoreError> {
-        let index = *self.account_index.get(id).ok_or_else(|| CoreError::UnknownAccount(id.clone()))?;
-        Ok((&self.catalog, &mut self.accounts[index]))
+        let index = self.subject_index(&request.subject)?;
+        self.on_account(index, |catalog, account| account.reserve(catalog, request, now))
     }
 
     /// Captures a reservation of `account`. A reservation is found through
@@ -131,8 +162,8 @@ impl Engine {
         request: &CaptureRequest,
         now: Timestamp,
     ) -> Result<Outcome<Decision>, CoreError> {
-        let (catalog, account) = self.catalog_and_account(account)?;
-        account.capture(catalog, request, now)
+        let index = self.account_index(account)?;
+        self.on_account(index, |catalog, account| account.capture(catalog, request, now))
     }
 
     pub fn release(
@@ -141,8 +172,8 @@ impl Engine {
         request: &ReleaseRequest,
         now: Timestamp,
     ) -> Result<Outcome<Released>, CoreError> {
-        let (catalog, account) = self.catalog_and_account(account)?;
-        account.release(catalog, request, now)
+        let index = self.account_index(account)?;
+        self.on_account(index, |catalog, account| account.release(catalog, request, now))
     }
 
     pub fn add_grant(
@@ -151,8 +182,8 @@ impl Engine {
         request: &GrantRequest,
         now: Timestamp,
     ) -> Result<Outcome<GrantAdded>, CoreError> {
-        let (catalog, account) = self.catalog_and_account(account)?;
-        account.add_grant(catalog, request, now)
+        let index = self.account_index(account)?;
+        self.on_account(index, |catalog, account| account.add_grant(catalog, request, now))
     }
 
     pub fn set_plan(
@@ -182,18 +213,22 @@ impl Engine {
         order.sort_by(|one, other| self.accounts[*one].id().cmp(self.accounts[*other].id()));
         let mut events = Vec::new();
         for index in order {
-            self.accounts[index].advance(&self.catalog, now, &mut events);
-            self.accounts[index].watch(&self.catalog, now);
+            self.on_account(index, |catalog, account| {
+                account.advance(catalog, now, &mut events);
+                account.watch(catalog, now);
+            });
         }
         events
     }
 
     /// Moves one account to `now` (expiring its reservations and grants).
     pub fn advance_account(&mut self, id: &AccountId, now: Timestamp) -> Result<Vec<Event>, CoreError> {
-        let (catalog, account) = self.catalog_and_account(id)?;
+        let index = self.account_index(id)?;
         let mut events = Vec::new();
-        account.advance(catalog, now, &mut events);
-        account.watch(catalog, now);
+        self.on_account(index, |catalog, account| {
+            account.advance(catalog, now, &mut events);
+            account.watch(catalog, now);
+        });
         Ok(events)
     }
 
@@ -204,8 +239,8 @@ impl Engine {
         op: &BillingOp,
         now: Timestamp,
     ) -> Result<(BillingAnswer, Vec<Event>), CoreError> {
-        let (catalog, account) = self.catalog_and_account(id)?;
-        account.billing(catalog, op, now)
+        let index = self.account_index(id)?;
+        self.on_account(index, |catalog, account| account.billing(catalog, op, now))
     }
 
     /// The accounts, for a store that keeps each one elsewhere.

@@ -239,12 +239,9 @@ fn payments_refunds_recharges_and_alerts_keep_every_invariant_in_the_embedded_st
             let case = cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let directory = support::Directory::new(&format!("billing-{case}"));
             let clock = Arc::new(FakeClock::new(Timestamp::from_millis(1_800_000_000_000)));
-            let store = headroom_store::EmbeddedStore::open(
-                StoreConfig::new(directory.data()),
-                catalog.clone(),
-                clock.clone(),
-            )
-            .unwrap();
+            let store =
+                headroom_store::EmbeddedStore::open(StoreConfig::new(directory.data()), catalog.clone(), clock.clone())
+                    .unwrap();
             let account = AccountId::new("acme").unwrap();
             run(&store, &account, &steps, Some(&clock));
             store.query(|engine| engine.check_invariants()).unwrap().unwrap();
@@ -278,6 +275,11 @@ fn payments_refunds_recharges_and_alerts_keep_every_invariant_in_postgresql() {
             Ok(())
         })
         .unwrap();
+    // Every account whose outbox still holds alerts is one the workers find.
+    let due = store.due_work(1_000).unwrap();
+    for account in &due {
+        assert!(store.account(account).unwrap().unwrap().has_work(), "{account} has no work");
+    }
     store.wait_settled(std::time::Duration::from_secs(30)).unwrap();
     store.close();
     let report = headroom_store::postgres::reconcile(&postgres.url()).unwrap();

@@ -329,6 +329,11 @@ impl AccountState {
         }
     }
 
+    /// Whether alerts or a recharge wait for the worker.
+    pub fn has_work(&self) -> bool {
+        !self.billing.outbox.is_empty() || self.billing.recharging.is_some()
+    }
+
     /// The earliest time an alert or a recharge is due, for the worker that
     /// does them.
     pub fn next_work(&self) -> Option<Timestamp> {

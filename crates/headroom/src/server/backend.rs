@@ -100,10 +100,7 @@ impl Backend {
                 let (sender, receiver) = tokio::sync::oneshot::channel();
                 let now = Clock::now(&headroom_store::SystemClock);
                 store.read(
-                    move |engine| {
-                        let due = engine.accounts().filter(|account| account.next_work().is_some_and(|at| at <= now));
-                        due.take(limit).map(|account| account.id().clone()).collect()
-                    },
+                    move |engine| engine.due_work(now, limit),
                     move |answer| {
                         let _ = sender.send(answer);
                     },
