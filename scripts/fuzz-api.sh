@@ -84,11 +84,14 @@ PY="$VENV/bin/python"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/headroom-fuzz.XXXXXX")"
 SERVER_PID=""
+STRIPE_PID=""
 cleanup() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    for pid in "$SERVER_PID" "$STRIPE_PID"; do
+        if [ -n "$pid" ]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -101,10 +104,24 @@ alive() {
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Only the flags below shape the server: no catalog, log format or demo
-# setting leaks in from the caller's environment.
+# Stripe's two endpoints, stood in for on loopback (scripts/fake-stripe.py),
+# so that the payment routes are fuzzed as they work with a provider.
+"$PY" "$(dirname "$0")/fake-stripe.py" "$TMP/stripe.port" </dev/null >/dev/null 2>"$TMP/stripe.log" &
+STRIPE_PID=$!
+for _ in $(seq 1 300); do
+    [ -s "$TMP/stripe.port" ] && break
+    alive "$STRIPE_PID" || { cat "$TMP/stripe.log" >&2; die "the stand-in for Stripe exited before it listened"; }
+    sleep 0.1
+done
+[ -s "$TMP/stripe.port" ] || die "the stand-in for Stripe did not listen within 30 s"
+
+# Only the flags below shape the server: no catalog, log format, demo or
+# alert setting leaks in from the caller's environment.
 env -u HEADROOM_CATALOG -u HEADROOM_NO_DEMO -u HEADROOM_LOG_FORMAT -u HEADROOM_LISTEN -u HEADROOM_DATA_DIR \
+    -u HEADROOM_ALERTS \
     HEADROOM_ADMIN_TOKEN="$ADMIN_TOKEN" \
+    HEADROOM_STRIPE_SECRET_KEY=sk_test_fuzz HEADROOM_STRIPE_WEBHOOK_SECRET=whsec_fuzz \
+    HEADROOM_STRIPE_API_BASE="http://127.0.0.1:$(cat "$TMP/stripe.port")" \
     "$BIN" serve --listen 127.0.0.1:0 --data-dir "$TMP/data" \
     </dev/null >"$TMP/server.out" 2>"$TMP/server.log" &
 SERVER_PID=$!
