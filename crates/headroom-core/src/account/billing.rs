@@ -89,6 +89,31 @@ pub struct Payment {
 }
 
 impl Payment {
+    fn pending(
+        id: PaymentId,
+        origin: PaymentOrigin,
+        credits: Credits,
+        amount: u64,
+        currency: &str,
+        now: Timestamp,
+    ) -> Payment {
+        Payment {
+            id,
+            origin,
+            credits,
+            amount,
+            currency: currency.to_string(),
+            created_at: now,
+            status: PaymentStatus::Pending,
+            provider_ref: None,
+            refunded_amount: 0,
+            clawed_back: Credits::ZERO,
+            unrecovered: Credits::ZERO,
+            attempts: 0,
+            next_attempt: now,
+        }
+    }
+
     /// The grant a paid payment became.
     pub fn grant(&self) -> GrantId {
         GrantId::new(&format!("purchase.{}", self.id)).expect("payment ids are short ids")
@@ -357,21 +382,8 @@ impl AccountState {
                 if self.billing.payments.contains_key(payment) {
                     BillingAnswer::Payment(self.billing.payments[payment].clone())
                 } else {
-                    let record = Payment {
-                        id: payment.clone(),
-                        origin: PaymentOrigin::Checkout,
-                        credits: *credits,
-                        amount: *amount,
-                        currency: currency.clone(),
-                        created_at: now,
-                        status: PaymentStatus::Pending,
-                        provider_ref: None,
-                        refunded_amount: 0,
-                        clawed_back: Credits::ZERO,
-                        unrecovered: Credits::ZERO,
-                        attempts: 0,
-                        next_attempt: now,
-                    };
+                    let record =
+                        Payment::pending(payment.clone(), PaymentOrigin::Checkout, *credits, *amount, currency, now);
                     self.billing.payments.insert(payment.clone(), record.clone());
                     BillingAnswer::Payment(record)
                 }
@@ -768,21 +780,8 @@ impl AccountState {
         self.billing.recharges_started += 1;
         let hash = StableHash::new().field(self.id.as_str().as_bytes()).field(b"recharge").number(number).finish();
         let id = PaymentId::new(&format!("rc_{hash:032x}")).expect("a valid id");
-        let payment = Payment {
-            id: id.clone(),
-            origin: PaymentOrigin::Recharge,
-            credits: Credits::from_micros(credits * MICROS_PER_CREDIT),
-            amount,
-            currency: purchases.currency.clone(),
-            created_at: now,
-            status: PaymentStatus::Pending,
-            provider_ref: None,
-            refunded_amount: 0,
-            clawed_back: Credits::ZERO,
-            unrecovered: Credits::ZERO,
-            attempts: 0,
-            next_attempt: now,
-        };
+        let credits = Credits::from_micros(credits * MICROS_PER_CREDIT);
+        let payment = Payment::pending(id.clone(), PaymentOrigin::Recharge, credits, amount, &purchases.currency, now);
         self.billing.payments.insert(id.clone(), payment);
         self.billing.recharging = Some(id);
     }
