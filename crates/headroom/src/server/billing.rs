@@ -28,6 +28,7 @@ use super::api::{bounded, id_field};
 use super::auth::Principal;
 use super::body::Json;
 use super::error::ApiError;
+use super::routes::account_path;
 use crate::payments::alerts::{self, Endpoint};
 use crate::payments::provider::{
     ChargeOrder, ChargeOutcome, CheckoutOrder, PaymentProvider, PaymentRef, ProviderError, WebhookError, WebhookEvent,
@@ -218,10 +219,6 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 fn unknown_account(account: &AccountId) -> ApiError {
     ApiError::from(CoreError::UnknownAccount(account.clone()))
-}
-
-fn account_path(id: &str) -> Result<AccountId, ApiError> {
-    id_field("id", id, AccountId::new).map_err(|error| error.on_field("id"))
 }
 
 async fn billing(state: &AppState, account: AccountId, op: BillingOp) -> Result<BillingAnswer, StoreError> {

@@ -498,7 +498,7 @@ async fn subject_usage(
     Ok(json(StatusCode::OK, &usage_view(&subject, &account, &usage)))
 }
 
-fn account_path(id: &str) -> Result<AccountId, ApiError> {
+pub(super) fn account_path(id: &str) -> Result<AccountId, ApiError> {
     id_field("id", id, AccountId::new).map_err(|error| error.on_field("id"))
 }
 
