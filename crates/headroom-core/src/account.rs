@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::FastMap;
 use std::sync::Arc;
 
-use crate::catalog::{Catalog, Meter, Plan, Price, Scope};
+use crate::catalog::{Catalog, Meter, Plan, Price, Scope, WindowSpec};
 use crate::decision::*;
 use crate::error::CoreError;
 use crate::events::*;
@@ -30,6 +30,10 @@ use crate::wallet::{Grant, Line, Wallet};
 use crate::window::{WindowHold, WindowReport, WindowState};
 
 const BOUNDED: &str = "amounts are bounded by limits so that products and sums fit";
+
+/// Events of a typical consuming call: usage, monetization and a balance
+/// update or two, so that the vector is allocated once.
+const EVENTS_OF_A_USE: usize = 4;
 
 /// The result of an operation: the answer, whether it is a replay of an
 /// earlier answer, and the events to record (none on a replay).
@@ -79,28 +83,39 @@ struct SubjectState {
 }
 
 /// The windows that apply to one request, kept inline (no allocation on the
-/// decision path): at most a plan's windows, from two plans.
+/// decision path): at most a plan's windows, from two plans. It keeps the two
+/// plans too, so that each window's spec is found by index, not looked up by
+/// plan id again at every step.
 #[derive(Debug, Clone, Copy)]
-struct Applicables {
+struct Applicables<'c> {
     items: [Applicable; 2 * WINDOWS_PER_PLAN_MAX],
     length: usize,
+    subject_plan: &'c Plan,
+    account_plan: &'c Plan,
 }
 
-impl Default for Applicables {
-    fn default() -> Applicables {
+impl<'c> Applicables<'c> {
+    fn new(subject_plan: &'c Plan, account_plan: &'c Plan) -> Applicables<'c> {
         let empty = Applicable { scope: Scope::Subject, meter: Meter { window: 0, weight: 0 } };
-        Applicables { items: [empty; 2 * WINDOWS_PER_PLAN_MAX], length: 0 }
+        Applicables { items: [empty; 2 * WINDOWS_PER_PLAN_MAX], length: 0, subject_plan, account_plan }
     }
-}
 
-impl Applicables {
     fn push(&mut self, applicable: Applicable) {
         self.items[self.length] = applicable;
         self.length += 1;
     }
+
+    /// The spec of an applicable window, from the plan of its scope.
+    fn spec(&self, applicable: Applicable) -> &'c WindowSpec {
+        let plan = match applicable.scope {
+            Scope::Subject => self.subject_plan,
+            Scope::Account => self.account_plan,
+        };
+        &plan.windows[applicable.meter.window]
+    }
 }
 
-impl std::ops::Deref for Applicables {
+impl std::ops::Deref for Applicables<'_> {
     type Target = [Applicable];
     fn deref(&self) -> &[Applicable] {
         &self.items[..self.length]
@@ -319,11 +334,11 @@ impl AccountState {
         }
         let price =
             self.validate_use(catalog, &request.subject, &request.feature, request.quantity, &request.attributes)?;
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(EVENTS_OF_A_USE);
         self.advance(catalog, now, &mut events);
 
         let applicable = self.applicable(catalog, &request.subject, &request.feature);
-        let window_units = self.window_cover(catalog, &request.subject, &applicable, request.quantity, now);
+        let window_units = self.window_cover(&request.subject, &applicable, request.quantity, now);
         let credit_units = request.quantity - window_units;
         let id = match key {
             Some(key) => DecisionId::derive(&self.id, key, now),
@@ -339,7 +354,7 @@ impl AccountState {
                 decision.credits_charged = total_credits(&takes);
                 decision.reason = reason_of(&decision.sources);
                 if !request.preview {
-                    self.consume_windows(catalog, &request.subject, &applicable, window_units, now, |_, _, _| {});
+                    self.consume_windows(&request.subject, &applicable, window_units, now, |_, _, _| {});
                     for (line, credits) in &takes {
                         self.wallet.add_pending_debit(*line, *credits);
                     }
@@ -347,10 +362,10 @@ impl AccountState {
                     self.record_usage(&decision, key, window_units, Credits::ZERO, &takes, &mut events);
                 }
             }
-            CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, catalog, now),
-            CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, catalog, now),
+            CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, now),
+            CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, now),
         }
-        decision.windows = self.window_reports(catalog, &request.subject, &applicable, now);
+        decision.windows = self.window_reports(&request.subject, &applicable, now);
         decision.available = self.wallet.available(now);
         if decision.allowed && !request.preview && window_units > 0 {
             self.watch_windows(catalog, &request.subject, &applicable, &decision.windows, window_units, now);
@@ -381,11 +396,11 @@ impl AccountState {
         if self.reservations.len() >= RESERVATIONS_PER_ACCOUNT_MAX {
             return Err(CoreError::TooManyReservations);
         }
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(EVENTS_OF_A_USE);
         self.advance(catalog, now, &mut events);
 
         let applicable = self.applicable(catalog, &request.subject, &request.feature);
-        let window_units = self.window_cover(catalog, &request.subject, &applicable, request.quantity, now);
+        let window_units = self.window_cover(&request.subject, &applicable, request.quantity, now);
         let id = DecisionId::derive(&self.id, &request.idempotency_key, now);
         let mut decision = self.blank_decision(
             id,
@@ -403,16 +418,9 @@ impl AccountState {
                 decision.credits_charged = total_credits(&takes);
                 decision.reason = reason_of(&decision.sources);
                 let mut window_holds = Vec::with_capacity(applicable.len());
-                self.consume_windows(
-                    catalog,
-                    &request.subject,
-                    &applicable,
-                    window_units,
-                    now,
-                    |applicable, spec, hold| {
-                        window_holds.push((applicable.scope, spec.id.clone(), applicable.meter.weight, hold))
-                    },
-                );
+                self.consume_windows(&request.subject, &applicable, window_units, now, |applicable, spec, hold| {
+                    window_holds.push((applicable.scope, spec.id.clone(), applicable.meter.weight, hold))
+                });
                 for (line, credits) in &takes {
                     self.wallet.hold(*line, *credits);
                 }
@@ -434,10 +442,10 @@ impl AccountState {
                 self.reservation_expiries.insert((expires_at, id));
                 decision.reservation = Some(ReservationInfo { id, account: self.id.clone(), expires_at });
             }
-            CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, catalog, now),
-            CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, catalog, now),
+            CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, now),
+            CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, now),
         }
-        decision.windows = self.window_reports(catalog, &request.subject, &applicable, now);
+        decision.windows = self.window_reports(&request.subject, &applicable, now);
         decision.available = self.wallet.available(now);
         if decision.allowed && window_units > 0 {
             self.watch_windows(catalog, &request.subject, &applicable, &decision.windows, window_units, now);
@@ -466,7 +474,7 @@ impl AccountState {
         if !self.subjects.contains_key(&reservation.subject) {
             return Err(CoreError::UnknownSubject(reservation.subject.clone()));
         }
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(EVENTS_OF_A_USE);
         self.advance(catalog, now, &mut events);
         let reservation = self.take_reservation(&request.reservation);
         let price = reservation.price;
@@ -493,8 +501,8 @@ impl AccountState {
         // 3. Anything above the estimate flows down the waterfall like a new request.
         let extra = actual - from_window_hold - from_credit_hold;
         let applicable = self.applicable(catalog, &reservation.subject, &reservation.feature);
-        let extra_window_units = self.window_cover(catalog, &reservation.subject, &applicable, extra, now);
-        self.consume_windows(catalog, &reservation.subject, &applicable, extra_window_units, now, |_, _, _| {});
+        let extra_window_units = self.window_cover(&reservation.subject, &applicable, extra, now);
+        self.consume_windows(&reservation.subject, &applicable, extra_window_units, now, |_, _, _| {});
         let extra_credit_units = extra - extra_window_units;
         let wanted = price_of_units(extra_credit_units, price).expect(BOUNDED);
         let available = self.wallet.available(now).min(wanted);
@@ -532,7 +540,7 @@ impl AccountState {
         });
         self.record_usage(&decision, &request.idempotency_key, window_units, write_off, &takes, &mut events);
         self.expire_grants(now, &mut events);
-        decision.windows = self.window_reports(catalog, &reservation.subject, &applicable, now);
+        decision.windows = self.window_reports(&reservation.subject, &applicable, now);
         decision.available = self.wallet.available(now);
         self.finish(catalog, Some(&request.idempotency_key), fingerprint, now, decision, events)
     }
@@ -1022,14 +1030,7 @@ impl AccountState {
         }
     }
 
-    fn deny(
-        &self,
-        decision: &mut Decision,
-        short: Credits,
-        applicable: &[Applicable],
-        catalog: &Catalog,
-        now: Timestamp,
-    ) {
+    fn deny(&self, decision: &mut Decision, short: Credits, applicable: &Applicables, now: Timestamp) {
         let available = self.wallet.available(now);
         decision.allowed = false;
         // A feature that cannot be bought (price 0) is limited by its windows alone.
@@ -1046,10 +1047,10 @@ impl AccountState {
         decision.retry_at = if applicable.is_empty() {
             None
         } else {
-            applicable.iter().try_fold(now, |latest, applicable| {
-                let (set, spec) = self.window(catalog, &decision.subject, *applicable);
-                let units = window_need.checked_mul(applicable.meter.weight)?;
-                let at = match &set.states[applicable.meter.window] {
+            applicable.iter().try_fold(now, |latest, one| {
+                let spec = applicable.spec(*one);
+                let units = window_need.checked_mul(one.meter.weight)?;
+                let at = match self.window_state(&decision.subject, *one) {
                     Some(state) => state.available_at(spec, now, units)?,
                     None => WindowState::new(spec, now).available_at(spec, now, units)?,
                 };
@@ -1091,29 +1092,26 @@ impl AccountState {
 
     /// The windows that apply to `subject` using `feature`: the subject's own
     /// (from its plan) and the account's (from the account's plan).
-    fn applicable(&self, catalog: &Catalog, subject: &SubjectId, feature: &FeatureId) -> Applicables {
-        let subject_plan = self.subjects[subject].plan.as_ref().unwrap_or(&self.plan);
-        let mut applicable = Applicables::default();
-        for (plan, scope) in [(subject_plan, Scope::Subject), (&self.plan, Scope::Account)] {
-            let windows = &catalog.plans[plan].windows;
-            for meter in catalog.meters(plan, feature).iter().filter(|meter| windows[meter.window].scope == scope) {
+    fn applicable<'c>(&self, catalog: &'c Catalog, subject: &SubjectId, feature: &FeatureId) -> Applicables<'c> {
+        let subject_windows = &self.subjects[subject].windows;
+        let (subject_plan, account_plan) = (&catalog.plans[&subject_windows.plan], &catalog.plans[&self.windows.plan]);
+        let mut applicable = Applicables::new(subject_plan, account_plan);
+        for (plan, scope) in [(subject_plan, Scope::Subject), (account_plan, Scope::Account)] {
+            let meters = catalog.meters(&plan.id, feature);
+            for meter in meters.iter().filter(|meter| plan.windows[meter.window].scope == scope) {
                 applicable.push(Applicable { scope, meter: *meter });
             }
         }
         applicable
     }
 
-    fn window<'a>(
-        &'a self,
-        catalog: &'a Catalog,
-        subject: &SubjectId,
-        applicable: Applicable,
-    ) -> (&'a WindowSet, &'a crate::catalog::WindowSpec) {
+    /// The state of an applicable window: the subject's or the account's.
+    fn window_state(&self, subject: &SubjectId, applicable: Applicable) -> &Option<WindowState> {
         let set = match applicable.scope {
             Scope::Subject => &self.subjects[subject].windows,
             Scope::Account => &self.windows,
         };
-        (set, &catalog.plans[&set.plan].windows[applicable.meter.window])
+        &set.states[applicable.meter.window]
     }
 
     /// The window states a scope refers to: the subject's or the account's.
@@ -1125,22 +1123,15 @@ impl AccountState {
     }
 
     /// Units of `quantity` the windows can cover: the least any of them has left.
-    fn window_cover(
-        &self,
-        catalog: &Catalog,
-        subject: &SubjectId,
-        applicable: &[Applicable],
-        quantity: u64,
-        now: Timestamp,
-    ) -> u64 {
+    fn window_cover(&self, subject: &SubjectId, applicable: &Applicables, quantity: u64, now: Timestamp) -> u64 {
         if applicable.is_empty() {
             return 0;
         }
-        applicable.iter().fold(quantity, |cover, applicable| {
-            let (set, spec) = self.window(catalog, subject, *applicable);
+        applicable.iter().fold(quantity, |cover, one| {
+            let spec = applicable.spec(*one);
             let remaining =
-                set.states[applicable.meter.window].as_ref().map_or(spec.capacity, |state| state.remaining(spec, now));
-            cover.min(remaining / applicable.meter.weight)
+                self.window_state(subject, *one).as_ref().map_or(spec.capacity, |state| state.remaining(spec, now));
+            cover.min(remaining / one.meter.weight)
         })
     }
 
@@ -1148,21 +1139,20 @@ impl AccountState {
     /// each window counted them (a reservation keeps that to return them).
     fn consume_windows(
         &mut self,
-        catalog: &Catalog,
         subject: &SubjectId,
-        applicable: &[Applicable],
+        applicable: &Applicables,
         units: u64,
         now: Timestamp,
-        mut hold: impl FnMut(Applicable, &crate::catalog::WindowSpec, WindowHold),
+        mut hold: impl FnMut(Applicable, &WindowSpec, WindowHold),
     ) {
         if units == 0 {
             return;
         }
-        for applicable in applicable {
-            let set = self.window_set_mut(subject, applicable.scope);
-            let spec = &catalog.plans[&set.plan].windows[applicable.meter.window];
-            let state = set.states[applicable.meter.window].get_or_insert_with(|| WindowState::new(spec, now));
-            hold(*applicable, spec, state.consume(spec, now, units * applicable.meter.weight));
+        for one in applicable.iter() {
+            let spec = applicable.spec(*one);
+            let set = self.window_set_mut(subject, one.scope);
+            let state = set.states[one.meter.window].get_or_insert_with(|| WindowState::new(spec, now));
+            hold(*one, spec, state.consume(spec, now, units * one.meter.weight));
         }
     }
 
@@ -1203,23 +1193,16 @@ impl AccountState {
         sources
     }
 
-    fn window_reports(
-        &self,
-        catalog: &Catalog,
-        subject: &SubjectId,
-        applicable: &[Applicable],
-        now: Timestamp,
-    ) -> Vec<WindowReport> {
-        applicable
-            .iter()
-            .map(|applicable| {
-                let (set, spec) = self.window(catalog, subject, *applicable);
-                match &set.states[applicable.meter.window] {
-                    Some(state) => state.report(spec, now),
-                    None => WindowState::new(spec, now).report(spec, now),
-                }
-            })
-            .collect()
+    fn window_reports(&self, subject: &SubjectId, applicable: &Applicables, now: Timestamp) -> Vec<WindowReport> {
+        let mut reports = Vec::with_capacity(applicable.len());
+        for one in applicable.iter() {
+            let spec = applicable.spec(*one);
+            reports.push(match self.window_state(subject, *one) {
+                Some(state) => state.report(spec, now),
+                None => WindowState::new(spec, now).report(spec, now),
+            });
+        }
+        reports
     }
 }
 

@@ -5,7 +5,7 @@
 mod parse;
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::GrantKind;
 use crate::ids::{FeatureId, GrantId, GroupId, PlanId, WindowId};
@@ -26,7 +26,7 @@ pub struct Catalog {
     pub alerts: Alerts,
     /// For each plan and feature: the windows of that plan that meter the
     /// feature, with the weight of one unit of it. Built once by [`Catalog::new`].
-    meters: HashMap<PlanId, HashMap<FeatureId, Vec<Meter>>>,
+    meters: crate::FastMap<PlanId, crate::FastMap<FeatureId, Vec<Meter>>>,
     /// The TOML the catalog was read from, kept so that a data directory can
     /// record the catalog its log was written under.
     source: std::sync::Arc<str>,
@@ -210,7 +210,7 @@ impl Catalog {
         plans: BTreeMap<PlanId, Plan>,
         settings: Settings,
     ) -> Catalog {
-        let mut meters: HashMap<PlanId, HashMap<FeatureId, Vec<Meter>>> = HashMap::new();
+        let mut meters: crate::FastMap<PlanId, crate::FastMap<FeatureId, Vec<Meter>>> = crate::FastMap::default();
         for plan in plans.values() {
             for (window, spec) in plan.windows.iter().enumerate() {
                 let weights: Vec<(FeatureId, u64)> = match &spec.metered {

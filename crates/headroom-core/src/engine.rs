@@ -77,17 +77,22 @@ impl Engine {
     }
 
     /// Runs `operation` on the account at `index`, then notes whether it has
-    /// work waiting.
+    /// work waiting. The index changes only when that does: most operations
+    /// leave it as it was, and an account whose alerts nobody collects (no
+    /// worker runs) would otherwise cost a search of the index each time.
     fn on_account<T>(&mut self, index: usize, operation: impl FnOnce(&Catalog, &mut AccountState) -> T) -> T {
+        let had_work = self.accounts[index].has_work();
         let result = operation(&self.catalog, &mut self.accounts[index]);
-        self.note_work(index);
+        if self.accounts[index].has_work() != had_work {
+            self.note_work(index);
+        }
         result
     }
 
     fn note_work(&mut self, index: usize) {
         if self.accounts[index].has_work() {
             self.working.insert(index);
-        } else if !self.working.is_empty() {
+        } else {
             self.working.remove(&index);
         }
     }
