@@ -37,7 +37,7 @@ use headroom_core::{
     AccountId, Attributes, Catalog, Clock, Credits, DecisionRequest, FeatureId, GrantId, GrantKind, GrantRequest,
     IdempotencyKey, PlanId, Source, SubjectId,
 };
-use headroom_store::{Command, EmbeddedStore, Response, Store, StoreConfig, SystemClock, log, snapshot};
+use headroom_store::{Command, EmbeddedStore, Response, Store, StoreConfig, SystemClock, snapshot};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 /// Accounts, each with [`SUBJECTS_PER_ACCOUNT`] subjects on plan `pro`. One
@@ -467,7 +467,7 @@ fn measure_blocking(group_commit: bool, callers: usize, run: Duration) -> Measur
         thread.join().expect("a caller panicked");
     }
     let measured = tally.measured(start.elapsed().as_secs_f64());
-    close_and_count(&store, &directory.0, measured)
+    close_and_count(&store, measured)
 }
 
 /// Commands one submitter has in flight, with a wake-up for when there is
@@ -538,28 +538,17 @@ fn measure_pipelined(window: usize, run: Duration) -> Measured {
     };
     let measured = drive_pipelined(&store, &workload, window, &stop, u64::MAX);
     stopper.join().expect("the stopper does not panic");
-    close_and_count(&store, &directory.0, measured)
+    close_and_count(&store, measured)
 }
 
 /// Adds what the run left unsettled and how its log was batched, after the timing.
-fn close_and_count(store: &EmbeddedStore, directory: &Path, mut measured: Measured) -> Measured {
+fn close_and_count(store: &EmbeddedStore, mut measured: Measured) -> Measured {
     measured.unsettled = Some(store.settlement_lag().expect("the store answers").unsettled_updates);
     store.close();
-    measured.commands_per_sync = Some(commands_per_sync(directory));
+    // Counted by the writer: one sync may carry several frames.
+    let sizes = store.commit_sizes();
+    measured.commands_per_sync = Some(sizes.commands as f64 / sizes.commits.max(1) as f64);
     measured
-}
-
-/// Logged commands per frame in a closed data directory: how well group
-/// commit shared its syncs.
-fn commands_per_sync(directory: &Path) -> f64 {
-    let segments = log::list_segments(directory).expect("the log is listed");
-    let (mut frames, mut commands) = (0, 0);
-    for (index, (_, path)) in segments.iter().enumerate() {
-        let contents = log::read_segment(path, index + 1 == segments.len()).expect("the log reads");
-        frames += contents.frames.len();
-        commands += contents.frames.iter().map(|(_, batch)| batch.len()).sum::<usize>();
-    }
-    commands as f64 / frames as f64
 }
 
 /// Submits decisions from [`SUBMITTER_COUNT`] threads until `stop` is set

@@ -24,8 +24,8 @@ use crate::settlement::{self, Durable, Progress};
 use crate::snapshot;
 use crate::{Reply, Store, StoreError};
 
-/// Most commands in one group commit: bounds the frame size and the latency
-/// a command waits behind others.
+/// Most commands in one frame of the log: bounds the frame size and the
+/// latency a command waits behind others.
 pub const BATCH_COMMANDS_MAX: usize = 4_096;
 
 /// Most requests waiting for the engine thread; senders block beyond it.
@@ -190,8 +190,6 @@ impl EmbeddedStore {
         let durable = Arc::new(Durable::new(recovered.last_batch));
         let settlement = Arc::new(Progress::default());
         let closing = Arc::new(AtomicBool::new(false));
-        // The writer is free: the engine thread hands it a frame.
-        let writer_idle = Arc::new(AtomicBool::new(true));
         let settlement_thread = {
             let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
             let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());
@@ -203,7 +201,6 @@ impl EmbeddedStore {
         let engine_thread = {
             let failed = failed.clone();
             let engine_config = config.clone();
-            let writer_idle = writer_idle.clone();
             let (engine, last_batch, pending) =
                 (recovered.engine, recovered.last_batch, recovered.commands_since_snapshot);
             std::thread::Builder::new()
@@ -219,14 +216,13 @@ impl EmbeddedStore {
                         request_receiver,
                         write_sender,
                         failed,
-                        writer_idle,
                     )
                 })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         let commit_stats = Arc::new(CommitStats::default());
         let writer_thread = {
-            let (failed, durable, writer_idle) = (failed.clone(), durable.clone(), writer_idle.clone());
+            let (failed, durable, group_commit) = (failed.clone(), durable.clone(), config.group_commit);
             let directory = config.data_directory.clone();
             let writer = recovered.writer;
             let stats = commit_stats.clone();
@@ -234,7 +230,7 @@ impl EmbeddedStore {
                 .name("headroom-writer".to_string())
                 .spawn(move || {
                     let _guard = FailOnPanic(failed.clone(), "writer");
-                    writer_loop(writer, directory, write_receiver, failed, durable, writer_idle, stats)
+                    writer_loop(writer, directory, write_receiver, group_commit, failed, durable, stats)
                 })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
@@ -447,11 +443,6 @@ impl Pending {
     }
 }
 
-/// How long the engine thread waits for more requests while a frame waits
-/// for the writer: short, so that a frame goes out as soon as the sync before
-/// it is done.
-const WRITER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
-
 #[allow(clippy::too_many_arguments)]
 fn engine_loop(
     mut engine: Engine,
@@ -462,41 +453,22 @@ fn engine_loop(
     requests: Receiver<Request>,
     writes: SyncSender<WriteJob>,
     failed: Arc<AtomicBool>,
-    writer_idle: Arc<AtomicBool>,
 ) {
     let batch_max = if config.group_commit { BATCH_COMMANDS_MAX } else { 1 };
     let mut pending = Pending::default();
-    loop {
-        // Group commit: while the writer syncs one frame, everything that
-        // arrives joins the next one, which goes out when the writer is free.
-        let request = if pending.len() == 0 {
-            requests.recv().ok()
-        } else {
-            match requests.recv_timeout(WRITER_POLL) {
-                Ok(request) => Some(request),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes, &writer_idle);
-                    return;
-                }
+    // Blocks only while nothing waits: everything that arrived is applied
+    // and handed to the writer at once, as one frame. The writer makes the
+    // frames that queue while it syncs durable together (group commit), so
+    // the engine never waits for it, nor polls.
+    while let Ok(request) = requests.recv() {
+        apply_request(&mut engine, &clock, &failed, request, &mut pending);
+        while pending.len() < batch_max {
+            match requests.try_recv() {
+                Ok(request) => apply_request(&mut engine, &clock, &failed, request, &mut pending),
+                Err(_) => break,
             }
-        };
-        if let Some(request) = request {
-            apply_request(&mut engine, &clock, &failed, request, &mut pending);
-            while pending.len() < batch_max {
-                match requests.try_recv() {
-                    Ok(request) => apply_request(&mut engine, &clock, &failed, request, &mut pending),
-                    Err(_) => break,
-                }
-            }
-        } else if pending.len() == 0 {
-            return; // Closed, nothing left.
         }
-        let ready = pending.len() >= batch_max || writer_idle.load(Ordering::SeqCst);
-        if pending.len() == 0 || !ready {
-            continue;
-        }
-        if !hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes, &writer_idle) {
+        if !hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes) {
             return;
         }
         if commands_since_snapshot >= config.snapshot_every_commands {
@@ -547,7 +519,6 @@ fn hand_off(
     last_batch: &mut u64,
     commands_since_snapshot: &mut u64,
     writes: &SyncSender<WriteJob>,
-    writer_idle: &AtomicBool,
 ) -> bool {
     if pending.len() == 0 {
         return true;
@@ -561,66 +532,98 @@ fn hand_off(
         *commands_since_snapshot += logged.len() as u64;
         *last_batch
     };
-    writer_idle.store(false, Ordering::SeqCst);
     writes.send(WriteJob::Frame { batch, logged, replies, deliveries }).is_ok()
+}
+
+/// Frames the writer makes durable with one sync at most: the engine hands
+/// over a frame each time it runs dry, so under load several wait.
+const FRAMES_PER_SYNC_MAX: usize = 64;
+
+/// Frames taken from the queue and not yet durable: one write, one sync.
+#[derive(Default)]
+struct Group {
+    bytes: Vec<u8>,
+    first_batch: Option<u64>,
+    last_batch: u64,
+    commands: usize,
+    replies: Vec<(Reply, Result<Response, StoreError>)>,
+    deliveries: Vec<Delivery>,
 }
 
 fn writer_loop(
     mut writer: SegmentWriter,
     directory: PathBuf,
     jobs: Receiver<WriteJob>,
+    group_commit: bool,
     failed: Arc<AtomicBool>,
     durable: Arc<Durable>,
-    writer_idle: Arc<AtomicBool>,
     stats: Arc<CommitStats>,
 ) {
-    for job in jobs {
-        match job {
-            WriteJob::Frame { batch, logged, replies, deliveries } => {
-                let mut bytes = Vec::new();
-                if !logged.is_empty() {
-                    log::encode_frame(&mut bytes, batch, &logged);
-                }
-                let written = if bytes.is_empty() || failed.load(Ordering::SeqCst) {
-                    Ok(())
-                } else {
-                    writer.append(&bytes, batch)
-                };
-                if let Err(error) = &written {
-                    failed.store(true, Ordering::SeqCst);
-                    eprintln!("headroom: writing the log failed, refusing further commands: {error}");
-                }
-                let failure = failed.load(Ordering::SeqCst);
-                if !failure && !bytes.is_empty() {
-                    durable.publish(batch);
-                    stats.record(logged.len());
-                }
-                for (reply, result) in replies {
-                    if failure {
-                        reply(Err(StoreError::Unavailable("the log could not be written".to_string())));
-                    } else {
-                        reply(result);
+    let frames_max = if group_commit { FRAMES_PER_SYNC_MAX } else { 1 };
+    while let Ok(job) = jobs.recv() {
+        // Group commit: the frames that queued while the last sync ran go
+        // to disk together. A snapshot waits until they are durable: it
+        // holds their changes.
+        let mut group = Group::default();
+        let mut next = Some(job);
+        let mut frames = 0;
+        while let Some(job) = next.take() {
+            match job {
+                WriteJob::Frame { batch, logged, replies, deliveries } => {
+                    if !logged.is_empty() {
+                        log::encode_frame(&mut group.bytes, batch, &logged);
+                        group.first_batch.get_or_insert(batch);
+                        group.last_batch = batch;
+                        group.commands += logged.len();
+                    }
+                    group.replies.extend(replies);
+                    group.deliveries.extend(deliveries);
+                    frames += 1;
+                    if frames < frames_max {
+                        next = jobs.try_recv().ok();
                     }
                 }
-                for deliver in deliveries {
-                    deliver(if failure {
-                        Err(StoreError::Unavailable("the log could not be written".to_string()))
-                    } else {
-                        Ok(())
-                    });
-                }
-                writer_idle.store(true, Ordering::SeqCst);
-            }
-            WriteJob::Snapshot { batch, bytes } => {
-                if failed.load(Ordering::SeqCst) {
-                    continue;
-                }
-                if let Err(error) = snapshot::write(&directory, batch, &bytes).and_then(|()| prune(&directory, batch)) {
-                    // The log still holds everything: a failed snapshot costs restart time only.
-                    eprintln!("headroom: snapshot at batch {batch} failed: {error}");
+                WriteJob::Snapshot { batch, bytes } => {
+                    write_group(&mut writer, std::mem::take(&mut group), &failed, &durable, &stats);
+                    write_snapshot(&directory, batch, &bytes, &failed);
                 }
             }
         }
+        write_group(&mut writer, group, &failed, &durable, &stats);
+    }
+}
+
+/// Writes and syncs a group of frames, then answers their callers.
+fn write_group(writer: &mut SegmentWriter, group: Group, failed: &AtomicBool, durable: &Durable, stats: &CommitStats) {
+    let written = match group.first_batch {
+        Some(first_batch) if !failed.load(Ordering::SeqCst) => writer.append(&group.bytes, first_batch),
+        _ => Ok(()),
+    };
+    if let Err(error) = &written {
+        failed.store(true, Ordering::SeqCst);
+        eprintln!("headroom: writing the log failed, refusing further commands: {error}");
+    }
+    let failure = failed.load(Ordering::SeqCst);
+    if !failure && group.first_batch.is_some() {
+        durable.publish(group.last_batch);
+        stats.record(group.commands);
+    }
+    let unavailable = || StoreError::Unavailable("the log could not be written".to_string());
+    for (reply, result) in group.replies {
+        reply(if failure { Err(unavailable()) } else { result });
+    }
+    for deliver in group.deliveries {
+        deliver(if failure { Err(unavailable()) } else { Ok(()) });
+    }
+}
+
+fn write_snapshot(directory: &Path, batch: u64, bytes: &[u8], failed: &AtomicBool) {
+    if failed.load(Ordering::SeqCst) {
+        return;
+    }
+    if let Err(error) = snapshot::write(directory, batch, bytes).and_then(|()| prune(directory, batch)) {
+        // The log still holds everything: a failed snapshot costs restart time only.
+        eprintln!("headroom: snapshot at batch {batch} failed: {error}");
     }
 }
 
