@@ -595,8 +595,19 @@ fn worker(shared: &Shared) {
                     queue = shared.work.wait(queue).expect("not poisoned");
                     continue;
                 }
-                // Work waits, but little: give it a moment to grow.
-                let (waited, _) = shared.work.wait_timeout(queue, GATHER_WAIT).expect("not poisoned");
+                // Work waits, but little: give it a moment to grow. Each
+                // new command wakes this worker, so it waits on until
+                // enough accounts have work, the transaction in flight
+                // ends, or the moment is over; not just for the next one.
+                let (waited, _) = shared
+                    .work
+                    .wait_timeout_while(queue, GATHER_WAIT, |queue| {
+                        !queue.closed
+                            && queue.unresolved.is_empty()
+                            && queue.transactions > 0
+                            && queue.ready.len() < GATHER_ACCOUNTS_MIN
+                    })
+                    .expect("not poisoned");
                 queue = waited;
                 if let Some(task) = queue.take(true) {
                     break task;
