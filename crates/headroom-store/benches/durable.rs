@@ -40,6 +40,10 @@ use headroom_core::{
 use headroom_store::{Command, EmbeddedStore, Response, Store, StoreConfig, SystemClock, snapshot};
 use rusqlite::{Connection, TransactionBehavior, params};
 
+/// The allocator of the `headroom` binary, so that the store is measured as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Accounts, each with [`SUBJECTS_PER_ACCOUNT`] subjects on plan `pro`. One
 /// account remembers at most 1,000,000 idempotency keys at a time
 /// (`IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX`) and every key here stays for the

@@ -336,23 +336,22 @@ impl PostgresStore {
         self.shared.stats.read()
     }
 
+    /// The accounts of `subjects` when every one is known to this node
+    /// already: an answer without the database, that never blocks.
+    pub fn cached_accounts_of(&self, subjects: &[SubjectId]) -> Option<Vec<AccountId>> {
+        let cache = self.shared.subjects.read().expect("not poisoned");
+        subjects.iter().map(|subject| cache.get(subject).cloned()).collect()
+    }
+
     /// The accounts of `subjects`, `None` for a subject no account has.
     pub fn accounts_of(&self, subjects: &[SubjectId]) -> Result<Vec<Option<AccountId>>, StoreError> {
-        let known = {
-            let cache = self.shared.subjects.read().expect("not poisoned");
-            subjects.iter().map(|subject| cache.get(subject).cloned()).collect::<Vec<_>>()
-        };
-        if known.iter().all(Option::is_some) {
-            return Ok(known);
+        if let Some(known) = self.cached_accounts_of(subjects) {
+            return Ok(known.into_iter().map(Some).collect());
         }
-        let missing: Vec<&str> = subjects
-            .iter()
-            .zip(&known)
-            .filter(|(_, known)| known.is_none())
-            .map(|(subject, _)| subject.as_str())
-            .collect();
-        let found = self.shared.read(|client| lookup_subjects(client, &missing))?;
-        Ok(subjects.iter().zip(known).map(|(subject, known)| known.or_else(|| found.get(subject).cloned())).collect())
+        let names: Vec<&str> = subjects.iter().map(SubjectId::as_str).collect();
+        let found = self.shared.read(|client| lookup_subjects(client, &names))?;
+        self.shared.remember_subjects(&found);
+        Ok(subjects.iter().map(|subject| found.get(subject).cloned()).collect())
     }
 
     /// An account's committed state, as of now.
@@ -511,6 +510,12 @@ impl Shared {
             self.readers.lock().expect("not poisoned").push(client);
         }
         result
+    }
+
+    /// Subjects never move between accounts: what was found stays true.
+    fn remember_subjects(&self, found: &HashMap<SubjectId, AccountId>) {
+        let mut cache = self.subjects.write().expect("not poisoned");
+        cache.extend(found.iter().map(|(subject, account)| (subject.clone(), account.clone())));
     }
 
     fn enqueue(&self, account: AccountId, add: impl FnOnce(&mut Pending)) {
@@ -681,10 +686,7 @@ fn resolve(shared: &Shared, client: &mut Client, jobs: Vec<(Command, Reply)>) ->
             return !client.is_closed();
         }
     };
-    {
-        let mut cache = shared.subjects.write().expect("not poisoned");
-        cache.extend(found.iter().map(|(subject, account)| (subject.clone(), account.clone())));
-    }
+    shared.remember_subjects(&found);
     let mut queue = shared.queue.lock().expect("not poisoned");
     let mut unknown = Vec::new();
     for ((command, reply), subject) in jobs.into_iter().zip(wanted) {

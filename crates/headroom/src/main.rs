@@ -9,6 +9,11 @@ use headroom::client::{Client, ClientError, GrantArguments};
 use headroom::server::{self, LogFormat, ServeConfig};
 use headroom::simulate::{self, SimulationConfig};
 
+/// mimalloc: the engine allocates answers and events that other threads
+/// free, which glibc's allocator handles with locks and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Headroom: a real-time access engine. One decision per request: how much
 /// of this is allowed, and from where?
 #[derive(Parser)]

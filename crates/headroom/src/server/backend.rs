@@ -63,6 +63,10 @@ impl Backend {
                 receiver.await.unwrap_or_else(|_| Err(stopped()))
             }
             Backend::Postgres(store) => {
+                // Subjects never move: once known, no database and no thread hop.
+                if let Some(known) = store.cached_accounts_of(&subjects) {
+                    return Ok(known.into_iter().map(Some).collect());
+                }
                 let store = store.clone();
                 blocking(move || store.accounts_of(&subjects)).await
             }
