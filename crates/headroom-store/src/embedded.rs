@@ -77,16 +77,10 @@ pub(crate) enum Request {
 
 enum WriteJob {
     /// The writer encodes the frame: the engine thread is the busier one.
-    Frame {
-        batch: u64,
-        logged: Batch,
-        replies: Vec<(Reply, Result<Response, StoreError>)>,
-        deliveries: Vec<Delivery>,
-    },
-    Snapshot {
-        batch: u64,
-        bytes: Vec<u8>,
-    },
+    Frame { batch: u64, logged: Batch, replies: Vec<(Reply, Result<Response, StoreError>)>, deliveries: Vec<Delivery> },
+    /// A child process is writing the snapshot through `batch`; it goes in
+    /// place once it is written and every frame up to `batch` is durable.
+    Snapshot(snapshot::Writing),
 }
 
 /// Commands per group commit, counted in power-of-two buckets (1, 2, 4 …
@@ -175,6 +169,7 @@ impl EmbeddedStore {
         clock: Arc<dyn Clock>,
     ) -> Result<EmbeddedStore, StoreError> {
         let lock = lock_directory(&config.data_directory)?;
+        snapshot::remove_unfinished(&config.data_directory)?;
         let recovered = recover(&config.data_directory, catalog)?;
         let cursor = settlement::read_cursor(&config.data_directory)?;
         if cursor > recovered.last_batch {
@@ -198,9 +193,11 @@ impl EmbeddedStore {
                 .spawn(move || settlement::run(directory, requests, durable, settlement, closing))
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
+        let snapshotting = Arc::new(AtomicBool::new(false));
         let engine_thread = {
             let failed = failed.clone();
             let engine_config = config.clone();
+            let snapshots = snapshotting.clone();
             let (engine, last_batch, pending) =
                 (recovered.engine, recovered.last_batch, recovered.commands_since_snapshot);
             std::thread::Builder::new()
@@ -216,6 +213,7 @@ impl EmbeddedStore {
                         request_receiver,
                         write_sender,
                         failed,
+                        snapshots,
                     )
                 })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
@@ -223,6 +221,7 @@ impl EmbeddedStore {
         let commit_stats = Arc::new(CommitStats::default());
         let writer_thread = {
             let (failed, durable, group_commit) = (failed.clone(), durable.clone(), config.group_commit);
+            let snapshotting = snapshotting.clone();
             let directory = config.data_directory.clone();
             let writer = recovered.writer;
             let stats = commit_stats.clone();
@@ -230,7 +229,7 @@ impl EmbeddedStore {
                 .name("headroom-writer".to_string())
                 .spawn(move || {
                     let _guard = FailOnPanic(failed.clone(), "writer");
-                    writer_loop(writer, directory, write_receiver, group_commit, failed, durable, stats)
+                    writer_loop(writer, directory, write_receiver, group_commit, failed, durable, stats, snapshotting)
                 })
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
@@ -453,6 +452,8 @@ fn engine_loop(
     requests: Receiver<Request>,
     writes: SyncSender<WriteJob>,
     failed: Arc<AtomicBool>,
+    // Set while a child process writes a snapshot: one at a time.
+    snapshotting: Arc<AtomicBool>,
 ) {
     let batch_max = if config.group_commit { BATCH_COMMANDS_MAX } else { 1 };
     let mut pending = Pending::default();
@@ -471,12 +472,20 @@ fn engine_loop(
         if !hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes) {
             return;
         }
-        if commands_since_snapshot >= config.snapshot_every_commands {
+        // A snapshot is due, and none is being written: a child process
+        // writes this state while the engine goes on.
+        if commands_since_snapshot >= config.snapshot_every_commands && !snapshotting.load(Ordering::SeqCst) {
             let accounts: Vec<_> = engine.accounts().collect();
-            let bytes = snapshot::encode(last_batch, &accounts);
             commands_since_snapshot = 0;
-            if writes.send(WriteJob::Snapshot { batch: last_batch, bytes }).is_err() {
-                return;
+            match snapshot::start(&config.data_directory, last_batch, &accounts) {
+                Ok(writing) => {
+                    snapshotting.store(true, Ordering::SeqCst);
+                    if writes.send(WriteJob::Snapshot(writing)).is_err() {
+                        return;
+                    }
+                }
+                // The log still holds everything: a missed snapshot costs restart time only.
+                Err(error) => eprintln!("headroom: a snapshot at batch {last_batch} could not start: {error}"),
             }
         }
     }
@@ -550,6 +559,7 @@ struct Group {
     deliveries: Vec<Delivery>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn writer_loop(
     mut writer: SegmentWriter,
     directory: PathBuf,
@@ -558,7 +568,9 @@ fn writer_loop(
     failed: Arc<AtomicBool>,
     durable: Arc<Durable>,
     stats: Arc<CommitStats>,
+    snapshotting: Arc<AtomicBool>,
 ) {
+    let mut finishing: Option<JoinHandle<()>> = None;
     let frames_max = if group_commit { FRAMES_PER_SYNC_MAX } else { 1 };
     while let Ok(job) = jobs.recv() {
         // Group commit: the frames that queued while the last sync ran go
@@ -583,13 +595,29 @@ fn writer_loop(
                         next = jobs.try_recv().ok();
                     }
                 }
-                WriteJob::Snapshot { batch, bytes } => {
+                WriteJob::Snapshot(writing) => {
+                    // Every frame up to the snapshot's batch is durable
+                    // once this group is: then it may go in place.
                     write_group(&mut writer, std::mem::take(&mut group), &failed, &durable, &stats);
-                    write_snapshot(&directory, batch, &bytes, &failed);
+                    let install = !failed.load(Ordering::SeqCst);
+                    let (directory, running) = (directory.clone(), Running(snapshotting.clone()));
+                    let finish = move || {
+                        finish_snapshot(&directory, writing, install);
+                        drop(running);
+                    };
+                    // Waits for the child on a thread of its own: syncs go on meanwhile.
+                    finishing = std::thread::Builder::new()
+                        .name("headroom-snapshot".to_string())
+                        .spawn(finish)
+                        .map_err(|error| eprintln!("headroom: waiting for a snapshot on this thread: {error}"))
+                        .ok();
                 }
             }
         }
         write_group(&mut writer, group, &failed, &durable, &stats);
+    }
+    if let Some(thread) = finishing {
+        let _ = thread.join();
     }
 }
 
@@ -617,11 +645,25 @@ fn write_group(writer: &mut SegmentWriter, group: Group, failed: &AtomicBool, du
     }
 }
 
-fn write_snapshot(directory: &Path, batch: u64, bytes: &[u8], failed: &AtomicBool) {
-    if failed.load(Ordering::SeqCst) {
-        return;
+/// Clears the engine's "a snapshot is being written" when dropped, even
+/// when the thread that was to finish the snapshot could not start.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
-    if let Err(error) = snapshot::write(directory, batch, bytes).and_then(|()| prune(directory, batch)) {
+}
+
+/// Waits for a snapshot's child, then puts it in place (unless the log
+/// failed) and removes the older ones.
+fn finish_snapshot(directory: &Path, writing: snapshot::Writing, install: bool) {
+    let batch = writing.batch;
+    let finished = writing.finish(directory, install).and_then(|()| match install {
+        true => prune(directory, batch),
+        false => Ok(()),
+    });
+    if let Err(error) = finished {
         // The log still holds everything: a failed snapshot costs restart time only.
         eprintln!("headroom: snapshot at batch {batch} failed: {error}");
     }

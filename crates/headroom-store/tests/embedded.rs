@@ -212,6 +212,25 @@ fn snapshots_bound_the_log_and_recover_the_same_state() {
 }
 
 #[test]
+fn a_snapshot_a_crash_cut_short_is_removed_at_open() {
+    let directory = temporary_directory("unfinished-snapshot");
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    decide(&store, "before");
+    let before = state(&store);
+    store.close();
+    // What a snapshot's child leaves when it dies with its parent.
+    let unfinished = directory.join(format!("snapshot-{:020}.tmp", 2));
+    std::fs::write(&unfinished, b"HEADROOM and then nothing").unwrap();
+    let store = open(&directory, clock).unwrap();
+    assert!(!unfinished.exists(), "the unfinished snapshot is still there");
+    assert!(snapshot::list_snapshots(&directory).unwrap().is_empty());
+    assert_eq!(state(&store), before);
+    assert!(decide(&store, "before").replayed);
+}
+
+#[test]
 fn concurrent_callers_share_syncs_and_every_answer_is_durable() {
     let directory = temporary_directory("concurrent");
     let clock = clock();

@@ -195,6 +195,9 @@ enum Action {
         prefix: String,
         #[arg(long, default_value_t = 4)]
         threads: u64,
+        /// Logged commands between two snapshots.
+        #[arg(long, default_value_t = 1_000_000)]
+        snapshot_every: u64,
     },
 }
 
@@ -473,13 +476,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Action::StoreWorker { data_dir, prefix, threads } => match headroom::worker::run(&data_dir, &prefix, threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("headroom: {error}");
-                ExitCode::FAILURE
+        Action::StoreWorker { data_dir, prefix, threads, snapshot_every } => {
+            match headroom::worker::run(&data_dir, &prefix, threads, snapshot_every) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("headroom: {error}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 

@@ -11,12 +11,10 @@ use headroom_store::*;
 
 use crate::workload;
 
-pub fn run(data_directory: &Path, prefix: &str, threads: u64) -> Result<(), StoreError> {
-    let store = Arc::new(EmbeddedStore::open(
-        StoreConfig::new(data_directory),
-        Arc::new(Catalog::demo()),
-        Arc::new(SystemClock),
-    )?);
+pub fn run(data_directory: &Path, prefix: &str, threads: u64, snapshot_every: u64) -> Result<(), StoreError> {
+    let mut config = StoreConfig::new(data_directory);
+    config.snapshot_every_commands = snapshot_every;
+    let store = Arc::new(EmbeddedStore::open(config, Arc::new(Catalog::demo()), Arc::new(SystemClock))?);
     for command in workload::setup() {
         match store.execute(command) {
             Ok(_) | Err(StoreError::Refused(Refusal::Core(CoreError::AccountExists(_)))) => {}
