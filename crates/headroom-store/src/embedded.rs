@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use headroom_core::{Catalog, Clock, Engine};
+use headroom_core::{BalanceUpdate, Catalog, Clock, Engine};
 
 use crate::command::{Command, Response, apply};
 use crate::log::{self, Batch, Logged, SegmentWriter};
@@ -68,11 +68,15 @@ impl StoreConfig {
 /// sees an effect that a crash could still undo.
 type Query = Box<dyn FnOnce(Result<&Engine, StoreError>) -> Delivery + Send>;
 /// Called with `Err` when the frame before it could not be made durable.
-type Delivery = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+pub(crate) type Delivery = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 pub(crate) enum Request {
     Command(Command, Reply),
     Query(Query),
+    /// The settlement thread's updates: each applied and logged as its own
+    /// `Settle` command, one answer for all once they are durable (`Err`
+    /// with the first refused, after which the rest are not applied).
+    Settle(Vec<BalanceUpdate>, Delivery),
 }
 
 enum WriteJob {
@@ -504,6 +508,27 @@ fn apply_request(
             query(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())))(Ok(()));
         }
         Request::Query(query) => pending.deliveries.push(query(Ok(engine))),
+        Request::Settle(_, done) if failed.load(Ordering::SeqCst) => {
+            done(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
+        }
+        Request::Settle(updates, done) => {
+            let now = clock.now();
+            let mut settled = Ok(());
+            for update in updates {
+                let command = Command::Settle(update);
+                match apply(engine, &command, now) {
+                    Ok(mut response) => {
+                        let events = response.take_events();
+                        pending.logged.push(Logged { at: now, command, events });
+                    }
+                    Err(refusal) => {
+                        settled = Err(StoreError::Refused(refusal));
+                        break;
+                    }
+                }
+            }
+            pending.deliveries.push(Box::new(move |durable| done(durable.and(settled))));
+        }
         Request::Command(_, reply) if failed.load(Ordering::SeqCst) => {
             reply(Err(StoreError::Unavailable("a write to the log failed; reopen the store".to_string())));
         }

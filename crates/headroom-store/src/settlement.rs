@@ -15,9 +15,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use headroom_core::Event;
 
-use crate::command::Command;
+use crate::StoreError;
 use crate::log::{self, Batch, FRAME_HEADER_BYTES};
-use crate::{Reply, StoreError};
 
 pub const CURSOR_FILE: &str = "settlement.cursor";
 
@@ -25,6 +24,10 @@ pub const CURSOR_FILE: &str = "settlement.cursor";
 /// cursor: bounds the reply queue and keeps client commands from queueing
 /// behind a long backlog (after a restart, say).
 const SETTLE_UPDATES_PER_ROUND_MAX: usize = 16_384;
+
+/// Updates handed to the engine in one request: one answer for them all
+/// instead of one each, and a bound on what one request adds to a frame.
+const SETTLE_UPDATES_PER_REQUEST: usize = 1_024;
 
 /// Batches settled between two saves of the cursor: what a restart settles
 /// again at most (harmlessly), against two syncs per save.
@@ -183,25 +186,29 @@ fn settle_loop(
     let mut tail = LogTail::new(directory, cursor + 1);
     while !closing.load(Ordering::SeqCst) {
         let durable_batch = durable.wait_past(cursor);
+        let mut updates = Vec::new();
+        let mut last = cursor;
+        while updates.len() < SETTLE_UPDATES_PER_ROUND_MAX {
+            let Some((batch, commands)) = tail.next(durable_batch)? else { break };
+            updates.extend(commands.into_iter().flat_map(|logged| logged.events).filter_map(|event| match event {
+                Event::Balance(update) => Some(update),
+                _ => None,
+            }));
+            last = batch;
+        }
         let (sender, receiver) = mpsc::channel();
         let mut submitted = 0;
-        let mut last = cursor;
-        while submitted < SETTLE_UPDATES_PER_ROUND_MAX {
-            let Some((batch, commands)) = tail.next(durable_batch)? else { break };
-            for update in commands.iter().flat_map(|logged| &logged.events).filter_map(|event| match event {
-                Event::Balance(update) => Some(update.clone()),
-                _ => None,
-            }) {
-                let sender = sender.clone();
-                let reply: Reply = Box::new(move |result| {
-                    let _ = sender.send(result);
-                });
-                if requests.send(crate::embedded::Request::Command(Command::Settle(update), reply)).is_err() {
-                    return Ok(());
-                }
-                submitted += 1;
+        let mut updates = updates.into_iter().peekable();
+        while updates.peek().is_some() {
+            let chunk: Vec<_> = updates.by_ref().take(SETTLE_UPDATES_PER_REQUEST).collect();
+            let sender = sender.clone();
+            let done: crate::embedded::Delivery = Box::new(move |result| {
+                let _ = sender.send(result);
+            });
+            if requests.send(crate::embedded::Request::Settle(chunk, done)).is_err() {
+                return Ok(());
             }
-            last = batch;
+            submitted += 1;
         }
         for _ in 0..submitted {
             match receiver.recv() {
