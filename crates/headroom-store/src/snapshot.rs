@@ -75,9 +75,11 @@ pub struct Writing {
 /// Starts writing the snapshot of `accounts` through `batch` in a child
 /// process, and returns at once. The child closes every descriptor but the
 /// file's (the directory's lock, sockets: nothing of this process may
-/// outlive it in the child), dies with this process, writes and syncs the
-/// temporary file, and exits; [`Writing::finish`] waits for it and puts the
-/// snapshot in place.
+/// outlive it in the child), writes and syncs the temporary file, and
+/// exits; [`Writing::finish`] waits for it and puts the snapshot in place.
+/// A child whose parent crashed finishes a file nobody renames, which the
+/// next start removes (it does not die with its parent: Linux would tie
+/// that to the thread that forked, and stop a snapshot at every close).
 pub fn start(directory: &Path, batch: u64, accounts: &[&AccountState]) -> Result<Writing, StoreError> {
     let temporary = temporary_path(directory, batch);
     let file = File::create(&temporary).map_err(|error| StoreError::io(&temporary, error))?;
@@ -85,7 +87,6 @@ pub fn start(directory: &Path, batch: u64, accounts: &[&AccountState]) -> Result
     // process it must not allocate, take a lock, or unwind.
     let out = BufWriter::with_capacity(CHILD_BUFFER_BYTES, &file);
     let hasher = crc32fast::Hasher::new();
-    let parent = std::process::id() as libc::pid_t;
     // SAFETY: `fork` is called from one thread of a threaded process. The
     // child runs only `write_in_child` (system calls on the file opened
     // above, through the buffer allocated above; serializing borrows the
@@ -98,7 +99,7 @@ pub fn start(directory: &Path, batch: u64, accounts: &[&AccountState]) -> Result
             Err(StoreError::io(&temporary, error))
         }
         0 => {
-            let written = write_in_child(parent, out, hasher, &file, batch, accounts);
+            let written = write_in_child(out, hasher, &file, batch, accounts);
             // SAFETY: ends the child without running anything of the parent's.
             unsafe { libc::_exit(if written { 0 } else { 1 }) }
         }
@@ -108,21 +109,14 @@ pub fn start(directory: &Path, batch: u64, accounts: &[&AccountState]) -> Result
 
 /// The child's whole life; whether the snapshot is written and synced.
 fn write_in_child(
-    parent: libc::pid_t,
     mut out: BufWriter<&File>,
     hasher: crc32fast::Hasher,
     file: &File,
     batch: u64,
     accounts: &[&AccountState],
 ) -> bool {
-    // SAFETY: plain system calls on this process and descriptors it owns.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() != parent {
-            return false; // The parent died before the line above.
-        }
-        close_all_but(file.as_raw_fd());
-    }
+    // SAFETY: this is the child after `fork`.
+    unsafe { close_all_but(file.as_raw_fd()) };
     if out.write_all(&[0u8; HEADER_BYTES]).is_err() {
         return false;
     }
