@@ -4,10 +4,10 @@
 //! Goals (from the issue): the window-only path within 3× of governor's keyed
 //! check; the full waterfall path (windows exhausted, two grants) under 1 µs.
 //!
-//! Both sides look subjects up by the same key type, [`SubjectId`] (an
-//! `Arc<str>`), hashed by the standard library's SipHash (`RandomState`, the
-//! default of both `std::collections::HashMap` and governor's `DashMap`), and
-//! both follow the same precomputed key sequence. The work differs by design:
+//! Both sides look subjects up by the same key type, [`SubjectId`] (its text
+//! inline up to 22 bytes), and follow the same precomputed key sequence;
+//! governor's `DashMap` hashes it with SipHash (the standard library's
+//! `RandomState`), the engine with foldhash, seeded per process. The work differs by design:
 //! governor reads its clock and updates one GCRA cell; a decision also
 //! validates the request, remembers its idempotency key with the answer,
 //! emits events and reports every window. Each iteration builds a fresh
@@ -28,6 +28,11 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use headroom_core::*;
+
+/// The allocator of the `headroom` binary, so that a decision is measured as
+/// it runs there; governor's side allocates nothing in the timed loop.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Subjects, and accounts: one subject per account. That mirrors governor's
 /// one cell per key best, and it is the consumer case, where every decision

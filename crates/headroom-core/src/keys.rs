@@ -16,10 +16,6 @@ use crate::ids::IdempotencyKey;
 use crate::limits::IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX;
 use crate::time::Timestamp;
 
-/// Room for a typical encoded answer (a few hundred bytes), so that nearly
-/// every answer is encoded without a heap buffer.
-const ANSWER_BYTES_TYPICAL: usize = 1024;
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct KeyRecord {
     fingerprint: u128,
@@ -61,7 +57,7 @@ impl KeyTable {
     }
 
     pub fn record(&mut self, key: IdempotencyKey, fingerprint: u128, expires_at: Timestamp, recorded: Recorded) {
-        let answer = encode(&recorded);
+        let answer = crate::encoding::to_boxed(&recorded);
         self.expiries.push_back((expires_at, key.clone()));
         self.records.insert(key, KeyRecord { fingerprint, expires_at, answer });
     }
@@ -106,17 +102,6 @@ impl KeyTable {
                 answer: record.answer,
             })
             .collect()
-    }
-}
-
-/// Encodes an answer into one allocation of its exact size: on a buffer on
-/// the stack first (postcard writes to a slice far faster than it extends a
-/// vector), on the heap only for an answer too long for it.
-fn encode(recorded: &Recorded) -> Box<[u8]> {
-    let mut buffer = [0u8; ANSWER_BYTES_TYPICAL];
-    match postcard::to_slice(recorded, &mut buffer) {
-        Ok(encoded) => Box::from(&*encoded),
-        Err(_) => postcard::to_allocvec(recorded).expect("an answer encodes").into_boxed_slice(),
     }
 }
 

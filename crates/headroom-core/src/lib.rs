@@ -6,6 +6,7 @@
 pub mod account;
 pub mod catalog;
 pub mod decision;
+pub mod encoding;
 pub mod engine;
 mod error;
 pub mod events;

@@ -69,11 +69,17 @@ pub fn list_numbered(directory: &Path, prefix: &str, suffix: &str) -> Result<Vec
     Ok(found)
 }
 
+/// Bytes a frame is encoded through on their way to the log's buffer.
+const ENCODING_BUFFER_BYTES: usize = 4096;
+
 pub fn encode_frame(buffer: &mut Vec<u8>, batch: u64, commands: &Batch) {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
-    let payload = postcard::to_extend(commands, std::mem::take(buffer)).expect("commands serialize");
-    *buffer = payload;
+    headroom_core::encoding::encode(commands, &mut [0u8; ENCODING_BUFFER_BYTES], |bytes| {
+        buffer.extend_from_slice(bytes);
+        true
+    })
+    .expect("commands serialize");
     let length = buffer.len() - start - FRAME_HEADER_BYTES;
     assert!(length <= FRAME_PAYLOAD_BYTES_MAX, "a batch frame of {length} bytes");
     buffer[start + 8..start + 16].copy_from_slice(&batch.to_le_bytes());

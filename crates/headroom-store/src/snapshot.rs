@@ -14,7 +14,7 @@
 //! most of a second, which the engine would otherwise stand still for.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,7 @@ pub fn start(directory: &Path, batch: u64, accounts: &[&AccountState]) -> Result
     let file = File::create(&temporary).map_err(|error| StoreError::io(&temporary, error))?;
     // Everything the child uses is made here: after `fork` in a threaded
     // process it must not allocate, take a lock, or unwind.
-    let out = BufWriter::with_capacity(CHILD_BUFFER_BYTES, &file);
+    let mut buffer = vec![0u8; CHILD_BUFFER_BYTES];
     let hasher = crc32fast::Hasher::new();
     // SAFETY: `fork` is called from one thread of a threaded process. The
     // child runs only `write_in_child` (system calls on the file opened
@@ -99,7 +99,7 @@ pub fn start(directory: &Path, batch: u64, accounts: &[&AccountState]) -> Result
             Err(StoreError::io(&temporary, error))
         }
         0 => {
-            let written = write_in_child(out, hasher, &file, batch, accounts);
+            let written = write_in_child(&mut buffer, hasher, &file, batch, accounts);
             // SAFETY: ends the child without running anything of the parent's.
             unsafe { libc::_exit(if written { 0 } else { 1 }) }
         }
@@ -109,22 +109,28 @@ pub fn start(directory: &Path, batch: u64, accounts: &[&AccountState]) -> Result
 
 /// The child's whole life; whether the snapshot is written and synced.
 fn write_in_child(
-    mut out: BufWriter<&File>,
-    hasher: crc32fast::Hasher,
+    buffer: &mut [u8],
+    mut hasher: crc32fast::Hasher,
     file: &File,
     batch: u64,
     accounts: &[&AccountState],
 ) -> bool {
     // SAFETY: this is the child after `fork`.
     unsafe { close_all_but(file.as_raw_fd()) };
+    let mut out = file;
     if out.write_all(&[0u8; HEADER_BYTES]).is_err() {
         return false;
     }
-    let mut payload = Checksummed { out, hasher, length: 0 };
-    if postcard::to_io(accounts, &mut payload).is_err() || payload.out.flush().is_err() {
+    let mut length = 0u64;
+    let encoded = headroom_core::encoding::encode(accounts, buffer, |bytes| {
+        hasher.update(bytes);
+        length += bytes.len() as u64;
+        out.write_all(bytes).is_ok()
+    });
+    if encoded.is_err() {
         return false;
     }
-    let header = header(batch, payload.length, payload.hasher.finalize());
+    let header = header(batch, length, hasher.finalize());
     file.write_all_at(&header, 0).is_ok() && file.sync_all().is_ok()
 }
 
@@ -148,26 +154,6 @@ unsafe fn close_all_but(keep: RawFd) {
                 unsafe { libc::close(fd as RawFd) };
             }
         }
-    }
-}
-
-/// Counts and checksums what goes through it.
-struct Checksummed<'a> {
-    out: BufWriter<&'a File>,
-    hasher: crc32fast::Hasher,
-    length: u64,
-}
-
-impl Write for Checksummed<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let written = self.out.write(bytes)?;
-        self.hasher.update(&bytes[..written]);
-        self.length += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
     }
 }
 
