@@ -16,11 +16,11 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use headroom_core::{BalanceUpdate, Catalog, Clock, Engine};
+use headroom_core::{BalanceUpdate, Catalog, Clock, Engine, Event};
 
 use crate::command::{Command, Response, apply};
 use crate::log::{self, Batch, Logged, SegmentWriter};
-use crate::settlement::{self, Durable, Progress};
+use crate::settlement::{self, Durable, Progress, Settlable};
 use crate::snapshot;
 use crate::{Reply, Store, StoreError};
 
@@ -189,12 +189,13 @@ impl EmbeddedStore {
         let durable = Arc::new(Durable::new(recovered.last_batch));
         let settlement = Arc::new(Progress::default());
         let closing = Arc::new(AtomicBool::new(false));
+        let (settlable_sender, settlable_receiver) = mpsc::sync_channel(settlement::SETTLABLE_GROUPS_QUEUED_MAX);
         let settlement_thread = {
             let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
             let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());
             std::thread::Builder::new()
                 .name("headroom-settlement".to_string())
-                .spawn(move || settlement::run(directory, requests, durable, settlement, closing))
+                .spawn(move || settlement::run(directory, requests, durable, settlable_receiver, settlement, closing))
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         let snapshotting = Arc::new(AtomicBool::new(false));
@@ -229,6 +230,7 @@ impl EmbeddedStore {
             let directory = config.data_directory.clone();
             let writer = recovered.writer;
             let stats = commit_stats.clone();
+            let durable = Published { durable, settlable: settlable_sender };
             std::thread::Builder::new()
                 .name("headroom-writer".to_string())
                 .spawn(move || {
@@ -580,6 +582,8 @@ struct Group {
     first_batch: Option<u64>,
     last_batch: u64,
     commands: usize,
+    /// The frames' balance updates, for settlement once they are durable.
+    updates: Vec<BalanceUpdate>,
     replies: Vec<(Reply, Result<Response, StoreError>)>,
     deliveries: Vec<Delivery>,
 }
@@ -591,7 +595,7 @@ fn writer_loop(
     jobs: Receiver<WriteJob>,
     group_commit: bool,
     failed: Arc<AtomicBool>,
-    durable: Arc<Durable>,
+    durable: Published,
     stats: Arc<CommitStats>,
     snapshotting: Arc<AtomicBool>,
 ) {
@@ -612,6 +616,11 @@ fn writer_loop(
                         group.first_batch.get_or_insert(batch);
                         group.last_batch = batch;
                         group.commands += logged.len();
+                        let events = logged.into_iter().flat_map(|logged| logged.events);
+                        group.updates.extend(events.filter_map(|event| match event {
+                            Event::Balance(update) => Some(update),
+                            _ => None,
+                        }));
                     }
                     group.replies.extend(replies);
                     group.deliveries.extend(deliveries);
@@ -646,8 +655,21 @@ fn writer_loop(
     }
 }
 
+/// Where the writer tells that frames are durable: the last durable batch,
+/// and the frames' balance updates for settlement.
+struct Published {
+    durable: Arc<Durable>,
+    settlable: SyncSender<Settlable>,
+}
+
 /// Writes and syncs a group of frames, then answers their callers.
-fn write_group(writer: &mut SegmentWriter, group: Group, failed: &AtomicBool, durable: &Durable, stats: &CommitStats) {
+fn write_group(
+    writer: &mut SegmentWriter,
+    group: Group,
+    failed: &AtomicBool,
+    durable: &Published,
+    stats: &CommitStats,
+) {
     let written = match group.first_batch {
         Some(first_batch) if !failed.load(Ordering::SeqCst) => writer.append(&group.bytes, first_batch),
         _ => Ok(()),
@@ -657,8 +679,11 @@ fn write_group(writer: &mut SegmentWriter, group: Group, failed: &AtomicBool, du
         eprintln!("headroom: writing the log failed, refusing further commands: {error}");
     }
     let failure = failed.load(Ordering::SeqCst);
-    if !failure && group.first_batch.is_some() {
-        durable.publish(group.last_batch);
+    if !failure && let Some(first_batch) = group.first_batch {
+        // Never waits: a group that does not fit is read from the log.
+        let settlable = Settlable { first_batch, last_batch: group.last_batch, updates: group.updates };
+        let _ = durable.settlable.try_send(settlable);
+        durable.durable.publish(group.last_batch);
         stats.record(group.commands);
     }
     let unavailable = || StoreError::Unavailable("the log could not be written".to_string());

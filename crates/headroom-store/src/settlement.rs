@@ -4,16 +4,23 @@
 //! update overshot). Its cursor, the last batch whose updates are all
 //! settled, is kept in `settlement.cursor`; after a crash it resumes from
 //! there, and settling an update again changes nothing.
+//!
+//! The writer hands over the updates of every group of frames it has made
+//! durable, in memory ([`Settlable`]), so that settlement does not read
+//! back and decode what was just written. That hand-over never waits: when
+//! settlement lags and its queue is full, the writer drops the group, and
+//! settlement reads those frames from the log, as it does for the frames a
+//! restart left unsettled.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 
-use headroom_core::Event;
+use headroom_core::{BalanceUpdate, Event};
 
 use crate::StoreError;
 use crate::log::{self, Batch, FRAME_HEADER_BYTES};
@@ -32,6 +39,18 @@ const SETTLE_UPDATES_PER_REQUEST: usize = 1_024;
 /// Batches settled between two saves of the cursor: what a restart settles
 /// again at most (harmlessly), against two syncs per save.
 const CURSOR_SAVE_EVERY_BATCHES: u64 = 256;
+
+/// Groups of durable frames waiting for settlement in memory, beyond which
+/// the writer drops them (settlement then reads them from the log): bounds
+/// the memory a lagging settlement holds.
+pub const SETTLABLE_GROUPS_QUEUED_MAX: usize = 16;
+
+/// The balance updates of durable frames `first_batch..=last_batch`, in order.
+pub struct Settlable {
+    pub first_batch: u64,
+    pub last_batch: u64,
+    pub updates: Vec<BalanceUpdate>,
+}
 
 /// The last durable batch, published by the writer after each sync.
 #[derive(Default)]
@@ -127,22 +146,32 @@ impl LogTail {
             }
             let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
             let batch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-            let mut payload = vec![0u8; length];
-            let (directory, offset) = (self.directory.clone(), self.offset);
-            let corrupt =
-                |reason: &str| StoreError::Corrupt { file: directory.clone(), offset, reason: reason.to_string() };
-            file.read_exact_at(&mut payload, self.offset + FRAME_HEADER_BYTES as u64)
-                .map_err(|_| corrupt("a durable frame is cut short"))?;
+            let offset = self.offset;
             self.offset += (FRAME_HEADER_BYTES + length) as u64;
             if batch < self.next_batch {
                 continue;
             }
+            let mut payload = vec![0u8; length];
+            let directory = self.directory.clone();
+            let corrupt =
+                |reason: &str| StoreError::Corrupt { file: directory.clone(), offset, reason: reason.to_string() };
+            file.read_exact_at(&mut payload, offset + FRAME_HEADER_BYTES as u64)
+                .map_err(|_| corrupt("a durable frame is cut short"))?;
             let commands: Batch =
                 postcard::from_bytes(&payload).map_err(|_| corrupt("a durable frame does not decode"))?;
             self.next_batch = batch + 1;
             return Ok(Some((batch, commands)));
         }
         Ok(None)
+    }
+
+    /// Moves on to `batch`, past frames settled from memory: the search
+    /// starts again at the segment that holds it.
+    fn skip_to(&mut self, batch: u64) {
+        if batch > self.next_batch {
+            self.next_batch = batch;
+            self.segment = None;
+        }
     }
 
     fn open_segment_of(&mut self, batch: u64) -> Result<(), StoreError> {
@@ -164,10 +193,11 @@ pub fn run(
     directory: PathBuf,
     requests: SyncSender<crate::embedded::Request>,
     durable: Arc<Durable>,
+    settlable: Receiver<Settlable>,
     progress: Arc<Progress>,
     closing: Arc<AtomicBool>,
 ) {
-    if let Err(error) = settle_loop(&directory, &requests, &durable, &progress, &closing) {
+    if let Err(error) = settle_loop(&directory, &requests, &durable, &settlable, &progress, &closing) {
         eprintln!("headroom: settlement stopped: {error}");
         progress.stopped.store(true, Ordering::SeqCst);
     }
@@ -177,6 +207,7 @@ fn settle_loop(
     directory: &Path,
     requests: &SyncSender<crate::embedded::Request>,
     durable: &Durable,
+    settlable: &Receiver<Settlable>,
     progress: &Progress,
     closing: &AtomicBool,
 ) -> Result<(), StoreError> {
@@ -184,17 +215,42 @@ fn settle_loop(
     let mut saved = cursor;
     progress.settled_batch.store(cursor, Ordering::SeqCst);
     let mut tail = LogTail::new(directory, cursor + 1);
+    // The next group handed over in memory, held while the frames before
+    // it are read from the log.
+    let mut next_group: Option<Settlable> = None;
     while !closing.load(Ordering::SeqCst) {
+        // The writer hands a group over before it publishes it durable.
         let durable_batch = durable.wait_past(cursor);
+        if next_group.is_none() {
+            next_group = settlable.try_recv().ok();
+        }
         let mut updates = Vec::new();
         let mut last = cursor;
-        while updates.len() < SETTLE_UPDATES_PER_ROUND_MAX {
-            let Some((batch, commands)) = tail.next(durable_batch)? else { break };
+        // From the log: the frames before the next group in memory (a
+        // restart's backlog, groups dropped while settlement lagged), or
+        // every durable frame if none is waiting.
+        let read_through = next_group.as_ref().map_or(durable_batch, |group| group.first_batch - 1);
+        tail.skip_to(last + 1);
+        while last < read_through && updates.len() < SETTLE_UPDATES_PER_ROUND_MAX {
+            let Some((batch, commands)) = tail.next(read_through)? else { break };
             updates.extend(commands.into_iter().flat_map(|logged| logged.events).filter_map(|event| match event {
                 Event::Balance(update) => Some(update),
                 _ => None,
             }));
             last = batch;
+        }
+        // From memory: the groups that follow without a gap.
+        while updates.len() < SETTLE_UPDATES_PER_ROUND_MAX
+            && let Some(group) = next_group.take_if(|group| group.first_batch <= last + 1)
+        {
+            // A group read from the log already (published while this
+            // thread looked away) is settled; settling again would be
+            // harmless, but it is work.
+            if group.last_batch > last {
+                updates.extend(group.updates);
+                last = group.last_batch;
+            }
+            next_group = settlable.try_recv().ok();
         }
         let (sender, receiver) = mpsc::channel();
         let mut submitted = 0;
