@@ -52,12 +52,22 @@ pub enum Command {
 /// What a command answered, with the events it recorded.
 #[derive(Debug, Clone)]
 pub enum Response {
-    Done { events: Vec<Event> },
+    Done {
+        events: Vec<Event>,
+    },
     Decision(Outcome<Decision>),
     Released(Outcome<Released>),
     GrantAdded(Outcome<GrantAdded>),
-    Settled { settlement: Settlement, events: Vec<Event> },
-    Billing { answer: BillingAnswer, events: Vec<Event> },
+    Settled {
+        settlement: Settlement,
+        events: Vec<Event>,
+    },
+    /// Boxed: billing answers are large and rare, and every answer is moved
+    /// a few times on its way to the caller.
+    Billing {
+        answer: Box<BillingAnswer>,
+        events: Vec<Event>,
+    },
 }
 
 impl Response {
@@ -144,9 +154,10 @@ pub fn apply(engine: &mut Engine, command: &Command, now: Timestamp) -> Result<R
             Ok(Response::Settled { settlement, events })
         }
         Command::Advance => Ok(Response::Done { events: engine.advance_all(now) }),
-        Command::Billing { account, op } => {
-            engine.billing(account, op, now).map(|(answer, events)| Response::Billing { answer, events }).map_err(core)
-        }
+        Command::Billing { account, op } => engine
+            .billing(account, op, now)
+            .map(|(answer, events)| Response::Billing { answer: Box::new(answer), events })
+            .map_err(core),
         Command::AdvanceAccount(account) => {
             engine.advance_account(account, now).map(|events| Response::Done { events }).map_err(core)
         }

@@ -194,11 +194,11 @@ fn run(store: &impl Store, account: &AccountId, steps: &[Step], clock: Option<&F
                 billing(op).unwrap();
             }
             Step::Work { charge_paid } => {
-                let Response::Billing { answer: BillingAnswer::Work(work), .. } =
-                    billing(BillingOp::ClaimWork { notices_max: 10 }).unwrap()
+                let Response::Billing { answer, .. } = billing(BillingOp::ClaimWork { notices_max: 10 }).unwrap()
                 else {
                     panic!("a claim answers with work");
                 };
+                let BillingAnswer::Work(work) = *answer else { panic!("a claim answers with work") };
                 if let Some(charge) = work.charge {
                     let op = if *charge_paid {
                         BillingOp::RechargePaid { payment: charge.payment.id, provider_ref: None }

@@ -223,7 +223,7 @@ fn unknown_account(account: &AccountId) -> ApiError {
 
 async fn billing(state: &AppState, account: AccountId, op: BillingOp) -> Result<BillingAnswer, StoreError> {
     let answer = match state.execute(Command::Billing { account, op }).await? {
-        StoreResponse::Billing { answer, .. } => answer,
+        StoreResponse::Billing { answer, .. } => *answer,
         other => {
             tracing::error!(?other, "the store answered a billing command with another kind of answer");
             return Err(StoreError::Unavailable("unexpected answer".to_string()));
