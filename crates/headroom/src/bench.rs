@@ -248,13 +248,13 @@ fn rss_bytes(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("{path} has no VmRSS line"))
 }
 
-/// What one load measured: latencies, calls, failed calls, seconds, and the
-/// loaded process's CPU seconds over the load.
+/// What one load measured: latencies, calls, failed decisions, seconds, and
+/// the loaded process's CPU seconds over the load.
 type Measured = (Histogram<u64>, u64, u64, f64, Option<f64>);
 
 fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
     let (histogram, calls, errors, seconds, cpu) = measured;
-    let decisions = (calls - errors) * config.batch as u64;
+    let decisions = calls * config.batch as u64 - errors;
     let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1e6;
     BenchReport {
         target: config.target,
@@ -587,7 +587,9 @@ impl Worker {
                 None => None,
             };
             let sent;
-            let ok = match &self.protocol {
+            // Decisions of this call that failed: all or none, but for a
+            // batch, answered 200 with a status per decision.
+            let failed = match &self.protocol {
                 Protocol::Http { token, batch, mix: Mix::Reserve } => {
                     let _ = batch;
                     sequence += 1;
@@ -612,9 +614,9 @@ impl Worker {
                                 capture.as_bytes(),
                             );
                             self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
-                            read_response(&mut self.stream, &mut buffer, false).await?.0 == 200
+                            u64::from(read_response(&mut self.stream, &mut buffer, false).await?.0 != 200)
                         }
-                        None => false,
+                        None => 1,
                     }
                 }
                 Protocol::Http { token, batch, mix } => {
@@ -651,7 +653,12 @@ impl Worker {
                     http_request(&mut request, path, token, &body);
                     sent = due.unwrap_or_else(Stopwatch::start);
                     self.stream.write_all(&request).await.map_err(|error| format!("sending: {error}"))?;
-                    read_response(&mut self.stream, &mut buffer, false).await?.0 == 200
+                    let (status, body) = read_response(&mut self.stream, &mut buffer, batch > 1).await?;
+                    match (status, batch) {
+                        (200, 1) => 0,
+                        (200, _) => batch as u64 - batch_allowed_or_denied(&body, batch) as u64,
+                        _ => batch as u64,
+                    }
                 }
                 Protocol::Redis { sha, capacity, per_account } => {
                     sequence += 1;
@@ -671,18 +678,32 @@ impl Worker {
                     arguments.extend([&b"1"[..], capacity, b"18000", capacity, b"604800", b"80000", key.as_bytes()]);
                     redis::encode(&arguments, &mut request);
                     sent = due.unwrap_or_else(Stopwatch::start);
-                    matches!(redis::call(&mut self.stream, &request, &mut buffer).await?, redis::Reply::Text(_))
+                    u64::from(!matches!(
+                        redis::call(&mut self.stream, &request, &mut buffer).await?,
+                        redis::Reply::Text(_)
+                    ))
                 }
             };
             histogram.record(sent.nanos().max(1)).map_err(|error| error.to_string())?;
             calls += 1;
-            if !ok {
-                errors += 1;
-            }
+            errors += failed;
             self.completed.fetch_add(1, Ordering::Relaxed);
         }
         Ok((histogram, calls, errors))
     }
+}
+
+/// How many of a batch answer's `batch` results are decisions (status 200,
+/// allowed or denied) rather than errors. Counted on the bytes, which the
+/// server writes as `{"results":[{"status":…`: parsing half a megabyte of
+/// JSON per call would take the client more CPU than the server spends.
+/// An answer of another shape counts as no decision at all.
+fn batch_allowed_or_denied(body: &[u8], batch: usize) -> usize {
+    let results = memchr::memmem::find_iter(body, b"{\"status\":").count();
+    if results != batch || !body.starts_with(b"{\"results\":[{\"status\":") {
+        return 0;
+    }
+    memchr::memmem::find_iter(body, b"{\"status\":200,").count()
 }
 
 /// A POST with a JSON body.
@@ -1108,6 +1129,27 @@ mod tests {
         // With s = 1 over 1,000 subjects, the first holds about 13 % and the tenth about 1.3 %.
         assert!((11_000..15_000).contains(&counts[0]), "{}", counts[0]);
         assert!(counts[0] > 5 * counts[9] && counts[9] > counts[999]);
+    }
+
+    #[test]
+    fn a_batch_answer_counts_its_decisions_not_its_errors() {
+        use crate::server::api::{BatchError, BatchResult, BatchView};
+        let result = |status: u16| BatchResult {
+            status,
+            replayed: false,
+            decision: None,
+            error: (status != 200).then(|| BatchError {
+                code: "idempotency_capacity".to_string(),
+                message: "the account remembers too many keys; a \"status\": 200 here is text".to_string(),
+                field: None,
+            }),
+        };
+        let view = BatchView { results: [200, 429, 200, 409, 200].map(result).to_vec() };
+        let body = serde_json::to_vec(&view).unwrap();
+        assert_eq!(batch_allowed_or_denied(&body, 5), 3);
+        // An answer that does not hold one result per decision holds none.
+        assert_eq!(batch_allowed_or_denied(&body, 6), 0);
+        assert_eq!(batch_allowed_or_denied(b"{\"code\":\"unavailable\"}", 1), 0);
     }
 }
 
