@@ -49,6 +49,9 @@ pub struct StoreConfig {
     /// (`Unavailable`) instead of blocking the caller. For callers that must
     /// not block, such as async servers.
     pub refuse_when_busy: bool,
+    /// Groups of durable frames whose balance updates wait for settlement
+    /// in memory; beyond them settlement reads the log. 0: always the log.
+    pub settlable_groups_queued: usize,
 }
 
 impl StoreConfig {
@@ -58,6 +61,7 @@ impl StoreConfig {
             snapshot_every_commands: 1_000_000,
             group_commit: true,
             refuse_when_busy: false,
+            settlable_groups_queued: settlement::SETTLABLE_GROUPS_QUEUED_MAX,
         }
     }
 }
@@ -189,7 +193,7 @@ impl EmbeddedStore {
         let durable = Arc::new(Durable::new(recovered.last_batch));
         let settlement = Arc::new(Progress::default());
         let closing = Arc::new(AtomicBool::new(false));
-        let (settlable_sender, settlable_receiver) = mpsc::sync_channel(settlement::SETTLABLE_GROUPS_QUEUED_MAX);
+        let (settlable_sender, settlable_receiver) = mpsc::sync_channel(config.settlable_groups_queued);
         let settlement_thread = {
             let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
             let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());

@@ -42,7 +42,8 @@ const CURSOR_SAVE_EVERY_BATCHES: u64 = 256;
 
 /// Groups of durable frames waiting for settlement in memory, beyond which
 /// the writer drops them (settlement then reads them from the log): bounds
-/// the memory a lagging settlement holds.
+/// the memory a lagging settlement holds. The default of
+/// `StoreConfig::settlable_groups_queued`.
 pub const SETTLABLE_GROUPS_QUEUED_MAX: usize = 16;
 
 /// The balance updates of durable frames `first_batch..=last_batch`, in order.

@@ -258,6 +258,37 @@ fn concurrent_callers_share_syncs_and_every_answer_is_durable() {
 }
 
 #[test]
+fn settlement_from_the_log_alone_or_with_groups_dropped_settles_everything_once() {
+    // 0: every group is dropped and read back from the log; 1: most
+    // groups are dropped under this load, some arrive in memory, with gaps.
+    for queued in [0, 1] {
+        let directory = temporary_directory(&format!("settlable-{queued}"));
+        let mut config = StoreConfig::new(&*directory);
+        config.settlable_groups_queued = queued;
+        let store = Arc::new(EmbeddedStore::open(config, Arc::new(Catalog::demo()), clock()).unwrap());
+        setup(&store);
+        let threads: Vec<_> = (0..8)
+            .map(|thread| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..100).filter(|index| decide(&store, &format!("t{thread}-{index}")).result.allowed).count()
+                })
+            })
+            .collect();
+        let allowed: usize = threads.into_iter().map(|thread| thread.join().unwrap()).sum();
+        let account = &state(&store)[0];
+        assert_eq!(account.unsettled(), 0, "queue of {queued}");
+        // 7 units a decision; the windows cover 50 units, credits the rest.
+        let charged = account.wallet().settled_balance();
+        assert!(allowed > 7 && charged < 50_000_000, "queue of {queued}: {allowed} allowed, balance {charged}");
+        store.query(|engine| engine.check_invariants()).unwrap().unwrap();
+        store.close();
+        let report = reconcile::reconcile(&directory).unwrap();
+        assert!(report.discrepancies.is_empty(), "queue of {queued}: {:?}", report.discrepancies);
+    }
+}
+
+#[test]
 fn settlement_settles_every_update_and_resumes_after_a_restart() {
     let directory = temporary_directory("settlement");
     let clock = clock();
