@@ -79,6 +79,19 @@ fn decide(store: &EmbeddedStore, key: &str) -> Outcome<Decision> {
     }
 }
 
+/// 8 threads making 100 decisions each at once (keys `t<thread>-<index>`): their answers.
+fn decide_from_8_threads(store: &Arc<EmbeddedStore>) -> Vec<Arc<Decision>> {
+    let threads: Vec<_> = (0..8)
+        .map(|thread| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..100).map(|index| decide(&store, &format!("t{thread}-{index}")).result).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect()
+}
+
 /// The state once settlement has caught up, so that it is stable.
 fn state(store: &EmbeddedStore) -> Vec<AccountState> {
     let lag = store.wait_settled(std::time::Duration::from_secs(10)).unwrap();
@@ -236,15 +249,7 @@ fn concurrent_callers_share_syncs_and_every_answer_is_durable() {
     let clock = clock();
     let store = Arc::new(open(&directory, clock.clone()).unwrap());
     setup(&store);
-    let threads: Vec<_> = (0..8)
-        .map(|thread| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                (0..100).map(|index| decide(&store, &format!("t{thread}-{index}")).result).collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let answers: Vec<Arc<Decision>> = threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+    let answers = decide_from_8_threads(&store);
     let before = state(&store);
     store.close();
     let frames: usize = log::read_segment(&segment(&directory), true).unwrap().frames.len();
@@ -267,15 +272,7 @@ fn settlement_from_the_log_alone_or_with_groups_dropped_settles_everything_once(
         config.settlable_groups_queued = queued;
         let store = Arc::new(EmbeddedStore::open(config, Arc::new(Catalog::demo()), clock()).unwrap());
         setup(&store);
-        let threads: Vec<_> = (0..8)
-            .map(|thread| {
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    (0..100).filter(|index| decide(&store, &format!("t{thread}-{index}")).result.allowed).count()
-                })
-            })
-            .collect();
-        let allowed: usize = threads.into_iter().map(|thread| thread.join().unwrap()).sum();
+        let allowed = decide_from_8_threads(&store).iter().filter(|decision| decision.allowed).count();
         let account = &state(&store)[0];
         assert_eq!(account.unsettled(), 0, "queue of {queued}");
         // 7 units a decision; the windows cover 50 units, credits the rest.
