@@ -22,7 +22,7 @@ use crate::decision::*;
 use crate::error::CoreError;
 use crate::events::*;
 use crate::ids::{AccountId, FeatureId, IdempotencyKey, PlanId, SubjectId};
-use crate::keys::{KeyTable, Lookup, StoredKey};
+use crate::keys::{HashedKey, KeyTable, Lookup, StoredKey};
 use crate::limits::*;
 use crate::money::Credits;
 use crate::time::{Duration, Timestamp};
@@ -322,7 +322,7 @@ impl AccountState {
     ) -> Result<Outcome<Decision>, CoreError> {
         let now = now.max(self.last_seen);
         let key = match (&request.idempotency_key, request.preview) {
-            (Some(key), _) => Some(key),
+            (Some(key), _) => Some(self.keys.hashed(key)),
             (None, true) => None,
             (None, false) => return Err(CoreError::IdempotencyKeyRequired),
         };
@@ -341,7 +341,7 @@ impl AccountState {
         let window_units = self.window_cover(&request.subject, &applicable, request.quantity, now);
         let credit_units = request.quantity - window_units;
         let id = match key {
-            Some(key) => DecisionId::derive(&self.id, key, now),
+            Some(key) => DecisionId::derive(&self.id, key.key, now),
             None => DecisionId::derive(&self.id, &IdempotencyKey::new("preview").expect("valid"), now),
         };
         let kind = if request.preview { DecisionKind::Preview } else { DecisionKind::Decide };
@@ -359,7 +359,7 @@ impl AccountState {
                         self.wallet.add_pending_debit(*line, *credits);
                     }
                     let key = key.expect("a consuming decision has a key");
-                    self.record_usage(&decision, key, window_units, Credits::ZERO, &takes, &mut events);
+                    self.record_usage(&decision, key.key, window_units, Credits::ZERO, &takes, &mut events);
                 }
             }
             CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, now),
@@ -381,7 +381,8 @@ impl AccountState {
     ) -> Result<Outcome<Decision>, CoreError> {
         let now = now.max(self.last_seen);
         let fingerprint = Fingerprinted::Reserve(request).fingerprint();
-        if let Some(replay) = self.replay(&request.idempotency_key, fingerprint, now)? {
+        let key = self.keys.hashed(&request.idempotency_key);
+        if let Some(replay) = self.replay(key, fingerprint, now)? {
             return replay_decision(replay);
         }
         let price =
@@ -450,7 +451,7 @@ impl AccountState {
         if decision.allowed && window_units > 0 {
             self.watch_windows(catalog, &request.subject, &applicable, &decision.windows, window_units, now);
         }
-        self.finish(catalog, Some(&request.idempotency_key), fingerprint, now, decision, events)
+        self.finish(catalog, Some(key), fingerprint, now, decision, events)
     }
 
     /// Settles a reservation at the actual quantity. Less than the estimate
@@ -464,7 +465,8 @@ impl AccountState {
     ) -> Result<Outcome<Decision>, CoreError> {
         let now = now.max(self.last_seen);
         let fingerprint = Fingerprinted::Capture(request).fingerprint();
-        if let Some(replay) = self.replay(&request.idempotency_key, fingerprint, now)? {
+        let key = self.keys.hashed(&request.idempotency_key);
+        if let Some(replay) = self.replay(key, fingerprint, now)? {
             return replay_decision(replay);
         }
         validate_quantity(request.quantity, true)?;
@@ -542,7 +544,7 @@ impl AccountState {
         self.expire_grants(now, &mut events);
         decision.windows = self.window_reports(&reservation.subject, &applicable, now);
         decision.available = self.wallet.available(now);
-        self.finish(catalog, Some(&request.idempotency_key), fingerprint, now, decision, events)
+        self.finish(catalog, Some(key), fingerprint, now, decision, events)
     }
 
     pub fn release(
@@ -553,7 +555,8 @@ impl AccountState {
     ) -> Result<Outcome<Released>, CoreError> {
         let now = now.max(self.last_seen);
         let fingerprint = Fingerprinted::Release(request).fingerprint();
-        match self.replay(&request.idempotency_key, fingerprint, now)? {
+        let key = self.keys.hashed(&request.idempotency_key);
+        match self.replay(key, fingerprint, now)? {
             Some(Recorded::Released(released)) => {
                 return Ok(Outcome { result: released, replayed: true, events: Vec::new() });
             }
@@ -566,7 +569,7 @@ impl AccountState {
         let released = self.release_reservation(catalog, &request.reservation, now, &mut events);
         self.watch(catalog, now);
         let released = Arc::new(released);
-        self.remember(catalog, &request.idempotency_key, fingerprint, now, Recorded::Released(released.clone()));
+        self.remember(catalog, key, fingerprint, now, Recorded::Released(released.clone()));
         Ok(Outcome { result: released, replayed: false, events })
     }
 
@@ -588,7 +591,8 @@ impl AccountState {
     ) -> Result<Outcome<GrantAdded>, CoreError> {
         let now = now.max(self.last_seen);
         let fingerprint = Fingerprinted::Grant(request).fingerprint();
-        match self.replay(&request.idempotency_key, fingerprint, now)? {
+        let key = self.keys.hashed(&request.idempotency_key);
+        match self.replay(key, fingerprint, now)? {
             Some(Recorded::GrantAdded(added)) => {
                 return Ok(Outcome { result: added, replayed: true, events: Vec::new() });
             }
@@ -624,7 +628,7 @@ impl AccountState {
             expires_at,
             available: self.wallet.available(now),
         });
-        self.remember(catalog, &request.idempotency_key, fingerprint, now, Recorded::GrantAdded(added.clone()));
+        self.remember(catalog, key, fingerprint, now, Recorded::GrantAdded(added.clone()));
         Ok(Outcome { result: added, replayed: false, events })
     }
 
@@ -826,31 +830,24 @@ impl AccountState {
 
     /// The stored answer if `key` was used with the same request; a conflict
     /// if with another. Checks room for a new key.
-    fn replay(&self, key: &IdempotencyKey, fingerprint: u128, now: Timestamp) -> Result<Option<Recorded>, CoreError> {
+    fn replay(&self, key: HashedKey, fingerprint: u128, now: Timestamp) -> Result<Option<Recorded>, CoreError> {
         match self.keys.lookup(key, fingerprint, now) {
             Lookup::Replay(recorded) => Ok(Some(recorded)),
-            Lookup::Conflict => Err(CoreError::IdempotencyConflict(key.clone())),
+            Lookup::Conflict => Err(CoreError::IdempotencyConflict(key.key.clone())),
             Lookup::New if !self.keys.has_room(now) => Err(CoreError::IdempotencyCapacity),
             Lookup::New => Ok(None),
         }
     }
 
-    fn remember(
-        &mut self,
-        catalog: &Catalog,
-        key: &IdempotencyKey,
-        fingerprint: u128,
-        now: Timestamp,
-        recorded: Recorded,
-    ) {
+    fn remember(&mut self, catalog: &Catalog, key: HashedKey, fingerprint: u128, now: Timestamp, recorded: Recorded) {
         let expires_at = now.saturating_add(catalog.settings.idempotency_retention);
-        self.keys.record(key.clone(), fingerprint, expires_at, recorded);
+        self.keys.record(key, fingerprint, expires_at, recorded);
     }
 
     fn finish(
         &mut self,
         catalog: &Catalog,
-        key: Option<&IdempotencyKey>,
+        key: Option<HashedKey>,
         fingerprint: u128,
         now: Timestamp,
         decision: Decision,
