@@ -150,11 +150,13 @@ impl Engine {
 
     pub fn decide(&mut self, request: &DecisionRequest, now: Timestamp) -> Result<Outcome<Decision>, CoreError> {
         let index = self.subject_index(&request.subject)?;
+        crate::prefetch_all(&self.accounts[index]);
         self.on_account(index, |catalog, account| account.decide(catalog, request, now))
     }
 
     pub fn reserve(&mut self, request: &ReserveRequest, now: Timestamp) -> Result<Outcome<Decision>, CoreError> {
         let index = self.subject_index(&request.subject)?;
+        crate::prefetch_all(&self.accounts[index]);
         self.on_account(index, |catalog, account| account.reserve(catalog, request, now))
     }
 
