@@ -136,8 +136,15 @@ impl KeyTable {
 
     /// Puts a record in, replacing the key's earlier one (which has expired).
     fn insert(&mut self, record: KeyRecord) {
-        let position = self.expiries.partition_point(|(expiry, _)| *expiry <= record.expires_at);
-        self.expiries.insert(position, (record.expires_at, record.hash));
+        // A new key expires last (retention is fixed); a restored one may not.
+        let entry = (record.expires_at, record.hash);
+        match self.expiries.back() {
+            Some((last, _)) if *last > record.expires_at => {
+                let position = self.expiries.partition_point(|(expiry, _)| *expiry <= record.expires_at);
+                self.expiries.insert(position, entry);
+            }
+            _ => self.expiries.push_back(entry),
+        }
         let hash = record.hash;
         match self.records.entry(hash, |old| old.hash == hash && old.key() == record.key(), |old| old.hash) {
             Entry::Occupied(mut occupied) => *occupied.get_mut() = record,

@@ -563,7 +563,14 @@ fn hand_off(
     if pending.len() == 0 {
         return true;
     }
-    let Pending { logged, replies, deliveries } = std::mem::take(pending);
+    // The next frame starts with room for one like this: growing a vector
+    // of thousands of commands from empty copied each of them a dozen times.
+    let capacity = Pending {
+        logged: Batch::with_capacity(pending.logged.len()),
+        replies: Vec::with_capacity(pending.replies.len()),
+        deliveries: Vec::new(),
+    };
+    let Pending { logged, replies, deliveries } = std::mem::replace(pending, capacity);
     let batch = if logged.is_empty() {
         // Nothing to log; the answers still wait for earlier frames.
         *last_batch
