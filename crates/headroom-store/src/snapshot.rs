@@ -77,6 +77,10 @@ pub struct Writing {
 /// file's (the directory's lock, sockets: nothing of this process may
 /// outlive it in the child), writes and syncs the temporary file, and
 /// exits; [`Writing::finish`] waits for it and puts the snapshot in place.
+/// The snapshot child's niceness: the lowest priority, so that it runs on
+/// what the engine and the writer leave.
+const SNAPSHOT_NICENESS: libc::c_int = 19;
+
 /// A child whose parent crashed finishes a file nobody renames, which the
 /// next start removes (it does not die with its parent: Linux would tie
 /// that to the thread that forked, and stop a snapshot at every close).
@@ -117,6 +121,10 @@ fn write_in_child(
 ) -> bool {
     // SAFETY: this is the child after `fork`.
     unsafe { close_all_but(file.as_raw_fd()) };
+    // Decisions come first: the snapshot takes the CPU they leave. Only
+    // restart time waits for it (the log holds everything until it is in place).
+    // SAFETY: a system call on this process alone; a failure leaves the priority as it was.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SNAPSHOT_NICENESS) };
     let mut out = file;
     if out.write_all(&[0u8; HEADER_BYTES]).is_err() {
         return false;
