@@ -830,6 +830,13 @@ impl AccountState {
 
     // ----- Steps shared by the operations -----
 
+    /// Loads the place of `key` in the key table, for [`Engine::prefetch_use`].
+    ///
+    /// [`Engine::prefetch_use`]: crate::Engine::prefetch_use
+    pub(crate) fn prefetch_key(&self, key: &IdempotencyKey) {
+        self.keys.touch(key);
+    }
+
     /// Starts loading what every use of a feature reads outside the hash
     /// tables, so that those misses overlap the tables': the grants and the
     /// account's windows. (Looking the subject up here as well, to prefetch

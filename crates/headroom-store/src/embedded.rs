@@ -471,14 +471,30 @@ fn engine_loop(
     // and handed to the writer at once, as one frame. The writer makes the
     // frames that queue while it syncs durable together (group commit), so
     // the engine never waits for it, nor polls.
+    let mut arrived = Vec::new();
     while let Ok(request) = requests.recv() {
-        apply_request(&mut engine, &clock, &failed, request, &mut pending);
-        while pending.len() < batch_max {
+        arrived.push(request);
+        while arrived.len() < batch_max {
             match requests.try_recv() {
-                Ok(request) => apply_request(&mut engine, &clock, &failed, request, &mut pending),
+                Ok(request) => arrived.push(request),
                 Err(_) => break,
             }
         }
+        // What a command reads is asked for a few commands ahead, so that
+        // its misses overlap the work on the ones before it (asked for all
+        // at once, a large batch's first commands were evicted again before
+        // their turn).
+        for request in arrived.iter().take(PREFETCH_AHEAD) {
+            prefetch(&engine, request);
+        }
+        let mut batch = arrived.drain(..);
+        while let Some(request) = batch.next() {
+            if let Some(ahead) = batch.as_slice().get(PREFETCH_AHEAD - 1) {
+                prefetch(&engine, ahead);
+            }
+            apply_request(&mut engine, &clock, &failed, request, &mut pending);
+        }
+        drop(batch);
         if !hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes) {
             return;
         }
@@ -498,6 +514,23 @@ fn engine_loop(
                 Err(error) => eprintln!("headroom: a snapshot at batch {last_batch} could not start: {error}"),
             }
         }
+    }
+}
+
+/// How many requests ahead of the one applied the engine asks for what
+/// they read.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Starts loading what a request's command reads first, without changing anything.
+fn prefetch(engine: &Engine, request: &Request) {
+    match request {
+        Request::Command(Command::Decide(request), _) => {
+            engine.prefetch_use(&request.subject, request.idempotency_key.as_ref())
+        }
+        Request::Command(Command::Reserve(request), _) => {
+            engine.prefetch_use(&request.subject, Some(&request.idempotency_key))
+        }
+        _ => {}
     }
 }
 
@@ -612,11 +645,14 @@ fn writer_loop(
 ) {
     let mut finishing: Option<JoinHandle<()>> = None;
     let frames_max = if group_commit { FRAMES_PER_SYNC_MAX } else { 1 };
+    // One buffer for every group's bytes: growing a fresh one to megabytes
+    // copied each group's frames several times over.
+    let mut bytes = Vec::new();
     while let Ok(job) = jobs.recv() {
         // Group commit: the frames that queued while the last sync ran go
         // to disk together. A snapshot waits until they are durable: it
         // holds their changes.
-        let mut group = Group::default();
+        let mut group = Group { bytes: std::mem::take(&mut bytes), ..Group::default() };
         let mut next = Some(job);
         let mut frames = 0;
         while let Some(job) = next.take() {
@@ -643,7 +679,8 @@ fn writer_loop(
                 WriteJob::Snapshot(writing) => {
                     // Every frame up to the snapshot's batch is durable
                     // once this group is: then it may go in place.
-                    write_group(&mut writer, std::mem::take(&mut group), &failed, &durable, &stats);
+                    let written = write_group(&mut writer, std::mem::take(&mut group), &failed, &durable, &stats);
+                    group.bytes = written;
                     let install = !failed.load(Ordering::SeqCst);
                     let (directory, running) = (directory.clone(), Running(snapshotting.clone()));
                     let finish = move || {
@@ -659,7 +696,7 @@ fn writer_loop(
                 }
             }
         }
-        write_group(&mut writer, group, &failed, &durable, &stats);
+        bytes = write_group(&mut writer, group, &failed, &durable, &stats);
     }
     if let Some(thread) = finishing {
         let _ = thread.join();
@@ -673,14 +710,15 @@ struct Published {
     settlable: SyncSender<Settlable>,
 }
 
-/// Writes and syncs a group of frames, then answers their callers.
+/// Writes and syncs a group of frames, then answers their callers. Gives
+/// back the group's buffer, emptied, for the next group.
 fn write_group(
     writer: &mut SegmentWriter,
     group: Group,
     failed: &AtomicBool,
     durable: &Published,
     stats: &CommitStats,
-) {
+) -> Vec<u8> {
     let written = match group.first_batch {
         Some(first_batch) if !failed.load(Ordering::SeqCst) => writer.append(&group.bytes, first_batch),
         _ => Ok(()),
@@ -704,7 +742,17 @@ fn write_group(
     for deliver in group.deliveries {
         deliver(if failure { Err(unavailable()) } else { Ok(()) });
     }
+    let mut bytes = group.bytes;
+    if bytes.capacity() > GROUP_BUFFER_KEPT_MAX {
+        return Vec::new();
+    }
+    bytes.clear();
+    bytes
 }
+
+/// The largest group buffer kept for the next group; a rare larger group
+/// gives its memory back.
+const GROUP_BUFFER_KEPT_MAX: usize = 64 << 20;
 
 /// Clears the engine's "a snapshot is being written" when dropped, even
 /// when the thread that was to finish the snapshot could not start.
