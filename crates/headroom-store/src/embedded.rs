@@ -494,7 +494,6 @@ fn engine_loop(
             }
             apply_request(&mut engine, &clock, &failed, request, &mut pending);
         }
-        drop(batch);
         if !hand_off(&mut pending, &mut last_batch, &mut commands_since_snapshot, &writes) {
             return;
         }
