@@ -150,9 +150,9 @@ impl Engine {
 
     /// Starts loading what a use of a feature by `subject` with `key` reads
     /// first: its account, and the key's place in the account's table.
-    /// Changes nothing. A store holding many requests calls it for each
-    /// before applying any, so that their cache misses overlap instead of
-    /// following one another.
+    /// Changes nothing. A store holding many requests calls it a few
+    /// requests ahead of the one it applies, so that their cache misses
+    /// overlap instead of following one another.
     pub fn prefetch_use(&self, subject: &SubjectId, key: Option<&IdempotencyKey>) {
         if let Some(&index) = self.subjects.get(subject) {
             let account = &self.accounts[index];
