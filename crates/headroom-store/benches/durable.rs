@@ -102,6 +102,8 @@ const RESTART_WINDOW: usize = 16_384;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() {
+    // As the `headroom` binary runs the store.
+    headroom_store::disable_transparent_huge_pages();
     let run = Duration::from_secs(environment_number("HEADROOM_BENCH_SECONDS", RUN_SECONDS_DEFAULT));
     let restart_decisions = environment_number("HEADROOM_BENCH_RESTART_EVENTS", RESTART_DECISIONS_DEFAULT);
     println!(

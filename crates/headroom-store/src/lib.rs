@@ -144,3 +144,22 @@ impl Clock for SystemClock {
         Timestamp::from_millis(since_epoch.as_millis() as u64)
     }
 }
+
+/// Turns transparent huge pages off for this process; called first thing
+/// by processes that run the embedded store.
+///
+/// The store's threads allocate and free hundreds of megabytes a second
+/// (commands, events, answers), and the allocator returns what is freed to
+/// the system. Backed by 2 MiB pages, each return splits a huge page and
+/// each reuse zeroes a whole new one; with 4 KiB pages the same churn costs
+/// far less (durable bench, 2 × 512 in flight: about 300,000 → 390,000
+/// decisions/s in alternating runs). The snapshot child's copy-on-write
+/// faults also stay 4 KiB.
+pub fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `prctl` with PR_SET_THP_DISABLE only sets a flag of this
+    // process; it reads no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}

@@ -316,6 +316,7 @@ fn print_call(result: Result<String, ClientError>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    headroom_store::disable_transparent_huge_pages();
     match Command::parse().action {
         Action::Serve { listen, data_dir, store, postgres_connections, catalog, log_format, no_demo, alerts } => {
             let admin_token = std::env::var("HEADROOM_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
