@@ -327,6 +327,9 @@ impl AccountState {
             (None, true) => None,
             (None, false) => return Err(CoreError::IdempotencyKeyRequired),
         };
+        if let Some(key) = key {
+            self.keys.prefetch(key);
+        }
         let fingerprint = Fingerprinted::Decide(request).fingerprint();
         if let Some(key) = key
             && let Some(replay) = self.replay(key, fingerprint, now)?
@@ -382,8 +385,9 @@ impl AccountState {
     ) -> Result<Outcome<Decision>, CoreError> {
         self.prefetch_use();
         let now = now.max(self.last_seen);
-        let fingerprint = Fingerprinted::Reserve(request).fingerprint();
         let key = self.keys.hashed(&request.idempotency_key);
+        self.keys.prefetch(key);
+        let fingerprint = Fingerprinted::Reserve(request).fingerprint();
         if let Some(replay) = self.replay(key, fingerprint, now)? {
             return replay_decision(replay);
         }
@@ -830,9 +834,9 @@ impl AccountState {
 
     // ----- Steps shared by the operations -----
 
-    /// Loads the place of `key` in the key table, for [`Engine::prefetch_use`].
+    /// Loads the place of `key` in the key table, for [`Engine::prefetch_key`].
     ///
-    /// [`Engine::prefetch_use`]: crate::Engine::prefetch_use
+    /// [`Engine::prefetch_key`]: crate::Engine::prefetch_key
     pub(crate) fn prefetch_key(&self, key: &IdempotencyKey) {
         self.keys.touch(key);
     }

@@ -148,18 +148,23 @@ impl Engine {
         self.account_index.get(id).copied().ok_or_else(|| CoreError::UnknownAccount(id.clone()))
     }
 
-    /// Starts loading what a use of a feature by `subject` with `key` reads
-    /// first: its account, and the key's place in the account's table.
-    /// Changes nothing. A store holding many requests calls it a few
-    /// requests ahead of the one it applies, so that their cache misses
-    /// overlap instead of following one another.
-    pub fn prefetch_use(&self, subject: &SubjectId, key: Option<&IdempotencyKey>) {
+    /// Starts loading the account that a use of a feature by `subject`
+    /// reads first. Changes nothing. A store holding many requests calls it
+    /// a few requests ahead of the one it applies, and
+    /// [`Engine::prefetch_key`] for the request half as far ahead, once its
+    /// account has arrived, so that their cache misses overlap instead of
+    /// following one another.
+    pub fn prefetch_account(&self, subject: &SubjectId) {
         if let Some(&index) = self.subjects.get(subject) {
-            let account = &self.accounts[index];
-            crate::prefetch_all(account);
-            if let Some(key) = key {
-                account.prefetch_key(key);
-            }
+            crate::prefetch_all(&self.accounts[index]);
+        }
+    }
+
+    /// Starts loading where `key` goes in the table of `subject`'s account:
+    /// the second step after [`Engine::prefetch_account`].
+    pub fn prefetch_key(&self, subject: &SubjectId, key: &IdempotencyKey) {
+        if let Some(&index) = self.subjects.get(subject) {
+            self.accounts[index].prefetch_key(key);
         }
     }
 

@@ -3,21 +3,28 @@
 //! events of the answer were recorded when it was given.
 //!
 //! Every decision leaves a record behind for a day, so a record is small
-//! and touches little memory: 48 bytes in the hash table, and one
-//! allocation that holds the key's text followed by the encoded answer (a
-//! decision with its vectors would be three allocations and twice the
-//! memory, paid again when it is forgotten). A key is hashed once per
-//! operation; the expiry queue keeps the hash, so that forgetting a key
-//! finds its record without reading the key's text.
+//! and touches little memory: 48 bytes in a vector of records, in the order
+//! they were made, and one allocation that holds the key's text followed by
+//! the encoded answer (a decision with its vectors would be three
+//! allocations and twice the memory, paid again when it is forgotten).
+//!
+//! The records are found through an index of 8-byte slots (open addressing,
+//! linear probing): a slot holds the low half of its key's hash and the
+//! record's place. Where a key's slot is follows from its hash alone, so
+//! the engine can ask for that cache line requests ahead without waiting
+//! for it ([`KeyTable::touch`]); a new key's lookup reads only slots, never
+//! a record. New records are appended, so the memory a busy table writes is
+//! its index (a sixth of the records' size) and the end of the vector:
+//! that is also what a snapshot child's copy-on-write makes the engine copy.
+//!
+//! A key is hashed once per operation; the expiry queue keeps the hash, so
+//! that forgetting a key finds its record without reading the key's text.
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
 
 use crate::decision::Recorded;
 use crate::ids::IdempotencyKey;
@@ -33,7 +40,7 @@ struct KeyRecord {
     fingerprint: [u64; 2],
     expires_at: Timestamp,
     /// The key's length (one byte: keys are at most 255 bytes), its text,
-    /// then the encoded answer.
+    /// then the encoded answer. Empty for a forgotten record's place.
     stored: Box<[u8]>,
 }
 
@@ -53,6 +60,16 @@ impl KeyRecord {
         stored.extend_from_slice(prefix);
         stored.extend_from_slice(answer);
         KeyRecord { hash, fingerprint: split(fingerprint), expires_at, stored: stored.into_boxed_slice() }
+    }
+
+    /// The place of a forgotten record, until a new one takes it (an empty
+    /// box allocates nothing).
+    fn vacant() -> KeyRecord {
+        KeyRecord { hash: 0, fingerprint: [0; 2], expires_at: Timestamp::from_millis(0), stored: Box::default() }
+    }
+
+    fn is_vacant(&self) -> bool {
+        self.stored.is_empty()
     }
 
     fn key(&self) -> &[u8] {
@@ -87,9 +104,41 @@ fn split(fingerprint: u128) -> [u64; 2] {
     [(fingerprint >> 64) as u64, fingerprint as u64]
 }
 
+/// An index slot: 0 when empty, else the low 32 bits of the key's hash
+/// (which also say where its probe starts) above the record's place + 1.
+type Slot = u64;
+
+fn slot(hash: u64, place: usize) -> Slot {
+    let place = u32::try_from(place + 1).expect("fewer than 2^32 records in one table");
+    (u64::from(hash as u32) << 32) | u64::from(place)
+}
+
+fn slot_tag(slot: Slot) -> u32 {
+    (slot >> 32) as u32
+}
+
+fn slot_place(slot: Slot) -> usize {
+    (slot as u32 - 1) as usize
+}
+
+/// The smallest index: every table that remembers a key has at least this
+/// many slots.
+const SLOTS_MIN: usize = 8;
+
+/// The index has at least this many slots per record (as a fraction:
+/// numerator over denominator), so that probes stay short: at most three
+/// quarters of the slots are used.
+const SLOTS_PER_RECORD: (usize, usize) = (4, 3);
+
 #[derive(Debug, Clone, Default)]
 pub struct KeyTable {
-    records: HashTable<KeyRecord>,
+    /// Every record, in the order made; a forgotten one leaves a vacant
+    /// place that the next new record takes.
+    records: Vec<KeyRecord>,
+    vacant: Vec<usize>,
+    /// The index: empty, or a power of two of slots.
+    slots: Vec<Slot>,
+    live: usize,
     /// Each record's expiry and hash, in the order they expire (retention is
     /// fixed and time only moves on; restored keys are put in their place).
     /// A record is found again by its hash and expiry, which together name
@@ -121,8 +170,9 @@ impl KeyTable {
 
     pub fn lookup(&self, key: HashedKey, fingerprint: u128, now: Timestamp) -> Lookup {
         let text = key.key.as_str().as_bytes();
-        match self.records.find(key.hash, |record| record.hash == key.hash && record.key() == text) {
-            Some(record) if record.expires_at > now => {
+        match self.find(key.hash, |record| record.key() == text) {
+            Some((_, place)) if self.records[place].expires_at > now => {
+                let record = &self.records[place];
                 if record.fingerprint() == fingerprint {
                     Lookup::Replay(postcard::from_bytes(record.answer()).expect("an answer this table encoded"))
                 } else {
@@ -133,23 +183,56 @@ impl KeyTable {
         }
     }
 
-    /// Reads the part of the table where `key` is or would go, so that the
-    /// lookup that follows finds it in the cache.
+    /// Starts loading, without waiting for it, what remembering `key`
+    /// reads and writes: the index slot where its probe begins, and the
+    /// place at the end of the records that a new record takes.
+    pub fn prefetch(&self, key: HashedKey) {
+        if !self.slots.is_empty() {
+            crate::prefetch(&self.slots[key.hash as usize & (self.slots.len() - 1)]);
+        }
+        if self.vacant.is_empty() {
+            crate::prefetch(self.records.as_ptr().wrapping_add(self.records.len()));
+        }
+    }
+
+    /// [`KeyTable::prefetch`] for a key not hashed yet.
     pub fn touch(&self, key: &IdempotencyKey) {
-        let hash = self.hashed(key).hash;
-        std::hint::black_box(self.records.find(hash, |record| record.hash == hash).is_some());
+        self.prefetch(self.hashed(key));
     }
 
     /// Whether a new key fits, counting the keys that have expired by `now`.
     pub fn has_room(&self, now: Timestamp) -> bool {
         let expired = self.expiries.iter().take_while(|(expiry, _)| *expiry <= now).count();
-        self.records.len() - expired.min(self.records.len()) < IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX
+        self.live - expired.min(self.live) < IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX
     }
 
     pub fn record(&mut self, key: HashedKey, fingerprint: u128, expires_at: Timestamp, recorded: Recorded) {
         let mut prefix = [0u8; 256];
         let stored = crate::encoding::to_boxed_after(key_prefix(key.key, &mut prefix), &recorded);
         self.insert(KeyRecord { hash: key.hash, fingerprint: split(fingerprint), expires_at, stored });
+    }
+
+    /// The slot and the place of the record of `hash` that `matches`.
+    fn find(&self, hash: u64, matches: impl Fn(&KeyRecord) -> bool) -> Option<(usize, usize)> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = hash as usize & mask;
+        loop {
+            let slot = self.slots[at];
+            if slot == 0 {
+                return None;
+            }
+            if slot_tag(slot) == hash as u32 {
+                let place = slot_place(slot);
+                let record = &self.records[place];
+                if record.hash == hash && matches(record) {
+                    return Some((at, place));
+                }
+            }
+            at = (at + 1) & mask;
+        }
     }
 
     /// Puts a record in, replacing the key's earlier one (which has expired).
@@ -163,13 +246,83 @@ impl KeyTable {
             }
             _ => self.expiries.push_back(entry),
         }
+        match self.find(record.hash, |old| old.key() == record.key()) {
+            Some((_, place)) => self.records[place] = record,
+            None => self.add(record),
+        }
+    }
+
+    /// Adds a record whose key is not in the table.
+    fn add(&mut self, record: KeyRecord) {
+        self.reserve(self.live + 1);
         let hash = record.hash;
-        match self.records.entry(hash, |old| old.hash == hash && old.key() == record.key(), |old| old.hash) {
-            Entry::Occupied(mut occupied) => *occupied.get_mut() = record,
-            Entry::Vacant(vacant) => {
-                vacant.insert(record);
+        let place = match self.vacant.pop() {
+            Some(place) => {
+                self.records[place] = record;
+                place
+            }
+            None => {
+                self.records.push(record);
+                self.records.len() - 1
+            }
+        };
+        self.place(hash, place);
+        self.live += 1;
+    }
+
+    /// Writes `place`'s slot in the first empty slot of its probe.
+    fn place(&mut self, hash: u64, place: usize) {
+        let mask = self.slots.len() - 1;
+        let mut at = hash as usize & mask;
+        while self.slots[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        self.slots[at] = slot(hash, place);
+    }
+
+    /// Grows the index, if needed, to hold `records` records.
+    fn reserve(&mut self, records: usize) {
+        let (numerator, denominator) = SLOTS_PER_RECORD;
+        let needed = (records * numerator).div_ceil(denominator);
+        if needed <= self.slots.len() {
+            return;
+        }
+        let size = needed.next_power_of_two().max(SLOTS_MIN);
+        self.slots = vec![0; size];
+        // Read in the order made: the records stream through the cache.
+        for place in 0..self.records.len() {
+            if !self.records[place].is_vacant() {
+                self.place(self.records[place].hash, place);
             }
         }
+        self.records.reserve(records.saturating_sub(self.records.len()));
+    }
+
+    /// Forgets the record at slot `at` and place `place`. The slots after it
+    /// in its run move back where their probes allow, so that no probe ever
+    /// stops at the emptied slot too early.
+    fn remove(&mut self, at: usize, place: usize) {
+        self.records[place] = KeyRecord::vacant();
+        self.vacant.push(place);
+        self.live -= 1;
+        let mask = self.slots.len() - 1;
+        let mut hole = at;
+        let mut next = (at + 1) & mask;
+        loop {
+            let slot = self.slots[next];
+            if slot == 0 {
+                break;
+            }
+            let home = slot_tag(slot) as usize & mask;
+            // The slot may move back to the hole unless its probe starts
+            // after the hole (cyclically).
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
+                self.slots[hole] = slot;
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.slots[hole] = 0;
     }
 
     /// Forgets the keys whose retention ended by `now`.
@@ -181,16 +334,25 @@ impl KeyTable {
             self.expiries.pop_front();
             // Nothing is found when the key was used again after it expired:
             // its newer record expires later.
-            if let Ok(found) =
-                self.records.find_entry(hash, |record| record.hash == hash && record.expires_at == expiry)
-            {
-                found.remove();
+            if let Some((at, place)) = self.find(hash, |record| record.expires_at == expiry) {
+                self.remove(at, place);
             }
+        }
+        if self.live == 0 {
+            // Every slot is empty again. The memory is kept, as a table
+            // with one key a day would otherwise allocate it again each time.
+            self.records.clear();
+            self.vacant.clear();
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.records.len()
+        self.live
+    }
+
+    /// The records remembered, in the order made.
+    fn iter(&self) -> impl Iterator<Item = &KeyRecord> + Clone {
+        self.records.iter().filter(|record| !record.is_vacant())
     }
 
     /// Puts back a key that a store kept elsewhere (a database table), so
@@ -203,8 +365,9 @@ impl KeyTable {
 
     /// Takes every key out, for a store that keeps them elsewhere.
     pub fn drain(&mut self) -> Vec<StoredKey> {
-        self.expiries.clear();
-        self.records.drain().map(|record| record.into_stored()).collect()
+        let records = std::mem::take(&mut self.records);
+        *self = KeyTable { hasher: self.hasher.clone(), ..KeyTable::default() };
+        records.into_iter().filter(|record| !record.is_vacant()).map(KeyRecord::into_stored).collect()
     }
 }
 
@@ -224,11 +387,12 @@ impl KeyRecord {
 /// (which may still name replaced records) do not count.
 impl PartialEq for KeyTable {
     fn eq(&self, other: &KeyTable) -> bool {
-        self.records.len() == other.records.len()
-            && self.records.iter().all(|record| {
+        self.live == other.live
+            && self.iter().all(|record| {
                 let text = record.key();
                 let hash = other.hasher.hash_one(text);
-                other.records.find(hash, |theirs| theirs.key() == text).is_some_and(|theirs| {
+                other.find(hash, |theirs| theirs.key() == text).is_some_and(|(_, place)| {
+                    let theirs = &other.records[place];
                     (theirs.fingerprint, theirs.expires_at, theirs.answer())
                         == (record.fingerprint, record.expires_at, record.answer())
                 })
@@ -266,20 +430,20 @@ struct EncodedRecord<Answer> {
     answer: Answer,
 }
 
-struct EncodedRecords<'t>(&'t HashTable<KeyRecord>);
+struct EncodedRecords<'t>(&'t KeyTable);
 
 /// How many records ahead of the one encoded their bytes are asked for.
 const ENCODE_PREFETCH_AHEAD: usize = 8;
 
 impl Serialize for EncodedRecords<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        let mut map = serializer.serialize_map(Some(self.0.live))?;
         // Each record's bytes are a separate allocation somewhere in the
         // heap: asked for a few records ahead, their misses overlap instead
         // of making the encoding (the snapshot child's work) wait on each.
         let mut ahead = self.0.iter();
         ahead.by_ref().take(ENCODE_PREFETCH_AHEAD).for_each(KeyRecord::prefetch_stored);
-        for record in self.0 {
+        for record in self.0.iter() {
             if let Some(later) = ahead.next() {
                 later.prefetch_stored();
             }
@@ -297,7 +461,7 @@ impl Serialize for EncodedRecords<'_> {
 impl Serialize for KeyTable {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut table = serializer.serialize_struct("KeyTable", 2)?;
-        table.serialize_field("records", &EncodedRecords(&self.records))?;
+        table.serialize_field("records", &EncodedRecords(self))?;
         table.serialize_field("expiries", &[] as &[(Timestamp, IdempotencyKey)])?;
         table.end()
     }
@@ -318,15 +482,15 @@ impl<'de> Deserialize<'de> for DecodedRecords {
 
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<DecodedRecords, M::Error> {
                 let mut table = KeyTable::default();
-                table.records.reserve(map.size_hint().unwrap_or(0), |record| record.hash);
+                table.reserve(map.size_hint().unwrap_or(0));
                 while let Some((key, record)) = map.next_entry::<IdempotencyKey, EncodedRecord<Box<[u8]>>>()? {
                     let hash = table.hashed(&key).hash;
                     let record = KeyRecord::new(&key, hash, record.fingerprint, record.expires_at, &record.answer);
                     table.expiries.push_back((record.expires_at, hash));
-                    if table.records.find(hash, |old| old.hash == hash && old.key() == record.key()).is_some() {
+                    if table.find(hash, |old| old.key() == record.key()).is_some() {
                         return Err(serde::de::Error::custom(format!("the idempotency key {key} is remembered twice")));
                     }
-                    table.records.insert_unique(hash, record, |record| record.hash);
+                    table.add(record);
                 }
                 table.expiries.make_contiguous().sort_unstable();
                 Ok(DecodedRecords(table))
@@ -449,7 +613,7 @@ mod tests {
             records: std::collections::BTreeMap<IdempotencyKey, EncodedRecord<Box<[u8]>>>,
             expiries: Vec<(Timestamp, IdempotencyKey)>,
         }
-        let records = table.records.iter().map(|record| {
+        let records = table.iter().map(|record| {
             let encoded = EncodedRecord {
                 fingerprint: record.fingerprint(),
                 expires_at: record.expires_at,
@@ -468,6 +632,51 @@ mod tests {
             read.forget_expired(at(1_000));
             assert_eq!(read.len(), 1, "only the key used again is left");
         }
+    }
+
+    /// Random records, lookups and expiries against a plain map, long
+    /// enough that the index grows, wraps around its end, and moves slots
+    /// back after removals many times.
+    #[test]
+    fn the_index_agrees_with_a_map_through_random_records_and_expiries() {
+        let mut state = 0x5eed_u64;
+        let mut next = move |bound: u64| {
+            // SplitMix64.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % bound
+        };
+        let mut table = KeyTable::default();
+        let mut model: std::collections::HashMap<String, (u128, u64, u64)> = std::collections::HashMap::new();
+        let mut now = 0;
+        for step in 0..20_000u64 {
+            let text = format!("key-{}", next(600));
+            let alive = model.get(&text).filter(|(_, expires_at, _)| *expires_at > now).copied();
+            match alive {
+                Some((fingerprint, _, number)) => {
+                    assert_eq!(look(&table, &text, fingerprint, at(now)), Some(Some(answer(number))));
+                    assert_eq!(look(&table, &text, fingerprint + 1, at(now)), None);
+                }
+                None => {
+                    assert_eq!(look(&table, &text, 7, at(now)), Some(None), "{text} at step {step}");
+                    let expires_at = now + 1 + next(60);
+                    remember(&mut table, &text, u128::from(step), at(expires_at), step);
+                    model.insert(text, (u128::from(step), expires_at, step));
+                }
+            }
+            if next(4) == 0 {
+                now += next(3);
+                table.forget_expired(at(now));
+                model.retain(|_, (_, expires_at, _)| *expires_at > now);
+                assert_eq!(table.len(), model.len(), "at step {step}");
+            }
+        }
+        now += 100;
+        table.forget_expired(at(now));
+        assert_eq!(table.len(), 0);
+        assert!(table.records.is_empty() && table.slots.iter().all(|slot| *slot == 0));
     }
 
     #[test]

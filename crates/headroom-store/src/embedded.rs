@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use headroom_core::{BalanceUpdate, Catalog, Clock, Engine, Event};
+use headroom_core::{BalanceUpdate, Catalog, Clock, Engine, Event, IdempotencyKey, SubjectId};
 
 use crate::command::{Command, Response, apply};
 use crate::log::{self, Batch, Logged, SegmentWriter};
@@ -483,14 +483,17 @@ fn engine_loop(
         // What a command reads is asked for a few commands ahead, so that
         // its misses overlap the work on the ones before it (asked for all
         // at once, a large batch's first commands were evicted again before
-        // their turn).
-        for request in arrived.iter().take(PREFETCH_AHEAD) {
-            prefetch(&engine, request);
-        }
+        // their turn): its account first, and where its key goes once the
+        // account is in the cache.
+        arrived.iter().take(ACCOUNT_PREFETCH_AHEAD).for_each(|request| prefetch_account(&engine, request));
+        arrived.iter().take(KEY_PREFETCH_AHEAD).for_each(|request| prefetch_key(&engine, request));
         let mut batch = arrived.drain(..);
         while let Some(request) = batch.next() {
-            if let Some(ahead) = batch.as_slice().get(PREFETCH_AHEAD - 1) {
-                prefetch(&engine, ahead);
+            if let Some(ahead) = batch.as_slice().get(ACCOUNT_PREFETCH_AHEAD - 1) {
+                prefetch_account(&engine, ahead);
+            }
+            if let Some(ahead) = batch.as_slice().get(KEY_PREFETCH_AHEAD - 1) {
+                prefetch_key(&engine, ahead);
             }
             apply_request(&mut engine, &clock, &failed, request, &mut pending);
         }
@@ -516,20 +519,35 @@ fn engine_loop(
     }
 }
 
-/// How many requests ahead of the one applied the engine asks for what
-/// they read.
-const PREFETCH_AHEAD: usize = 8;
+/// How many requests ahead of the one applied the engine asks for the
+/// account each will use.
+const ACCOUNT_PREFETCH_AHEAD: usize = 8;
 
-/// Starts loading what a request's command reads first, without changing anything.
-fn prefetch(engine: &Engine, request: &Request) {
+/// How many requests ahead of the one applied the engine asks for the
+/// place of each one's key: half as far, so that the account it reads to
+/// find that place has arrived.
+const KEY_PREFETCH_AHEAD: usize = 4;
+
+/// Starts loading the account a request uses, changing nothing.
+fn prefetch_account(engine: &Engine, request: &Request) {
+    if let Some((subject, _)) = use_of(request) {
+        engine.prefetch_account(subject);
+    }
+}
+
+/// Starts loading where a request's key goes, changing nothing.
+fn prefetch_key(engine: &Engine, request: &Request) {
+    if let Some((subject, Some(key))) = use_of(request) {
+        engine.prefetch_key(subject, key);
+    }
+}
+
+/// The subject and key of a request that uses a feature: what it reads first.
+fn use_of(request: &Request) -> Option<(&SubjectId, Option<&IdempotencyKey>)> {
     match request {
-        Request::Command(Command::Decide(request), _) => {
-            engine.prefetch_use(&request.subject, request.idempotency_key.as_ref())
-        }
-        Request::Command(Command::Reserve(request), _) => {
-            engine.prefetch_use(&request.subject, Some(&request.idempotency_key))
-        }
-        _ => {}
+        Request::Command(Command::Decide(request), _) => Some((&request.subject, request.idempotency_key.as_ref())),
+        Request::Command(Command::Reserve(request), _) => Some((&request.subject, Some(&request.idempotency_key))),
+        _ => None,
     }
 }
 
