@@ -485,6 +485,10 @@ fn engine_loop(
         // at once, a large batch's first commands were evicted again before
         // their turn): its account first, and where its key goes once the
         // account is in the cache.
+        // Room for the whole frame at once: growing a vector of thousands
+        // of commands from empty copied each of them a dozen times.
+        pending.logged.reserve_exact(arrived.len());
+        pending.replies.reserve_exact(arrived.len());
         arrived.iter().take(ACCOUNT_PREFETCH_AHEAD).for_each(|request| prefetch_account(&engine, request));
         arrived.iter().take(KEY_PREFETCH_AHEAD).for_each(|request| prefetch_key(&engine, request));
         let mut batch = arrived.drain(..);
@@ -613,14 +617,7 @@ fn hand_off(
     if pending.len() == 0 {
         return true;
     }
-    // The next frame starts with room for one like this: growing a vector
-    // of thousands of commands from empty copied each of them a dozen times.
-    let capacity = Pending {
-        logged: Batch::with_capacity(pending.logged.len()),
-        replies: Vec::with_capacity(pending.replies.len()),
-        deliveries: Vec::new(),
-    };
-    let Pending { logged, replies, deliveries } = std::mem::replace(pending, capacity);
+    let Pending { logged, replies, deliveries } = std::mem::take(pending);
     let batch = if logged.is_empty() {
         // Nothing to log; the answers still wait for earlier frames.
         *last_batch
