@@ -422,12 +422,24 @@ pub struct StoredKey {
 // key from its hash.
 
 /// A record as encoded.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(rename = "KeyRecord")]
 struct EncodedRecord<Answer> {
     fingerprint: u128,
     expires_at: Timestamp,
     answer: Answer,
+}
+
+/// A record as read: the answer borrowed from the bytes read when the
+/// reader allows it (a snapshot in memory), so that loading a key copies
+/// its answer once, into the record, rather than twice.
+#[derive(Deserialize)]
+#[serde(rename = "KeyRecord")]
+struct DecodedRecord<'a> {
+    fingerprint: u128,
+    expires_at: Timestamp,
+    #[serde(borrow)]
+    answer: std::borrow::Cow<'a, [u8]>,
 }
 
 struct EncodedRecords<'t>(&'t KeyTable);
@@ -483,7 +495,7 @@ impl<'de> Deserialize<'de> for DecodedRecords {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<DecodedRecords, M::Error> {
                 let mut table = KeyTable::default();
                 table.reserve(map.size_hint().unwrap_or(0));
-                while let Some((key, record)) = map.next_entry::<IdempotencyKey, EncodedRecord<Box<[u8]>>>()? {
+                while let Some((key, record)) = map.next_entry::<IdempotencyKey, DecodedRecord<'de>>()? {
                     let hash = table.hashed(&key).hash;
                     let record = KeyRecord::new(&key, hash, record.fingerprint, record.expires_at, &record.answer);
                     table.expiries.push_back((record.expires_at, hash));
