@@ -494,7 +494,8 @@ impl<'de> Deserialize<'de> for DecodedRecords {
 
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<DecodedRecords, M::Error> {
                 let mut table = KeyTable::default();
-                table.reserve(map.size_hint().unwrap_or(0));
+                // A length read from the bytes is not trusted beyond the bound.
+                table.reserve(map.size_hint().unwrap_or(0).min(IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX));
                 while let Some((key, record)) = map.next_entry::<IdempotencyKey, DecodedRecord<'de>>()? {
                     let hash = table.hashed(&key).hash;
                     let record = KeyRecord::new(&key, hash, record.fingerprint, record.expires_at, &record.answer);
