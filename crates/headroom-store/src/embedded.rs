@@ -480,15 +480,15 @@ fn engine_loop(
                 Err(_) => break,
             }
         }
+        // Room for the whole frame at once: growing a vector of thousands
+        // of commands from empty copied each of them a dozen times.
+        pending.logged.reserve_exact(arrived.len());
+        pending.replies.reserve_exact(arrived.len());
         // What a command reads is asked for a few commands ahead, so that
         // its misses overlap the work on the ones before it (asked for all
         // at once, a large batch's first commands were evicted again before
         // their turn): its account first, and where its key goes once the
         // account is in the cache.
-        // Room for the whole frame at once: growing a vector of thousands
-        // of commands from empty copied each of them a dozen times.
-        pending.logged.reserve_exact(arrived.len());
-        pending.replies.reserve_exact(arrived.len());
         arrived.iter().take(ACCOUNT_PREFETCH_AHEAD).for_each(|request| prefetch_account(&engine, request));
         arrived.iter().take(KEY_PREFETCH_AHEAD).for_each(|request| prefetch_key(&engine, request));
         let mut batch = arrived.drain(..);
