@@ -838,7 +838,7 @@ impl AccountState {
     ///
     /// [`Engine::prefetch_key`]: crate::Engine::prefetch_key
     pub(crate) fn prefetch_key(&self, key: &IdempotencyKey) {
-        self.keys.touch(key);
+        self.keys.prefetch(self.keys.hashed(key));
     }
 
     /// Starts loading what every use of a feature reads outside the hash

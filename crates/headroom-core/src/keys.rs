@@ -12,7 +12,7 @@
 //! linear probing): a slot holds the low half of its key's hash and the
 //! record's place. Where a key's slot is follows from its hash alone, so
 //! the engine can ask for that cache line requests ahead without waiting
-//! for it ([`KeyTable::touch`]); a new key's lookup reads only slots, never
+//! for it ([`KeyTable::prefetch`]); a new key's lookup reads only slots, never
 //! a record. New records are appended, so the memory a busy table writes is
 //! its index (a sixth of the records' size) and the end of the vector:
 //! that is also what a snapshot child's copy-on-write makes the engine copy.
@@ -193,11 +193,6 @@ impl KeyTable {
         if self.vacant.is_empty() {
             crate::prefetch(self.records.as_ptr().wrapping_add(self.records.len()));
         }
-    }
-
-    /// [`KeyTable::prefetch`] for a key not hashed yet.
-    pub fn touch(&self, key: &IdempotencyKey) {
-        self.prefetch(self.hashed(key));
     }
 
     /// Whether a new key fits, counting the keys that have expired by `now`.
