@@ -13,9 +13,16 @@
 //! *last* frame of the *last* segment is a torn tail: it was never
 //! acknowledged, and is dropped. A bad frame anywhere else is corruption and
 //! stops start-up with the file and offset.
+//!
+//! The writer fills segments with zeros ahead of its frames, a chunk at a
+//! time, and syncs the zeros once: a frame then overwrites blocks the file
+//! already has, and its `fdatasync` flushes the data alone, with no journal
+//! commit for a new file size. Zeros after the last frame read as a torn
+//! tail (a zero length is never a frame) and are cut off at the next start.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use headroom_core::{Event, Timestamp};
@@ -155,35 +162,62 @@ fn later_frame_exists(bytes: &[u8], offset: usize, last_batch: u64) -> bool {
     })
 }
 
+/// Zeros written ahead of the frames at a time: each chunk costs one sync
+/// that commits a new file size, shared by the many frames written into it.
+pub const ZEROED_CHUNK_BYTES: u64 = 1 << 20;
+
 /// The open segment the writer appends to.
 pub struct SegmentWriter {
     directory: PathBuf,
     file: File,
+    /// Where the frames end.
     length: u64,
+    /// Where the durable zeros after the frames end: the file's length.
+    zeroed: u64,
 }
 
 impl SegmentWriter {
-    /// Opens `path` for appending at `length` (cutting off a torn tail).
+    /// Opens `path` for appending at `length`, cutting off what follows:
+    /// a torn tail, or zeros written ahead.
     pub fn open(directory: &Path, path: &Path, length: u64) -> Result<SegmentWriter, StoreError> {
-        let file =
-            OpenOptions::new().create(true).append(true).open(path).map_err(|error| StoreError::io(path, error))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|error| StoreError::io(path, error))?;
         if file.metadata().map_err(|error| StoreError::io(path, error))?.len() != length {
             file.set_len(length).map_err(|error| StoreError::io(path, error))?;
             file.sync_all().map_err(|error| StoreError::io(path, error))?;
         }
         sync_directory(directory)?;
-        Ok(SegmentWriter { directory: directory.to_path_buf(), file, length })
+        Ok(SegmentWriter { directory: directory.to_path_buf(), file, length, zeroed: length })
     }
 
     /// Appends one frame (a group commit) and makes it durable.
     pub fn append(&mut self, frame: &[u8], first_batch: u64) -> io::Result<()> {
         if self.length >= SEGMENT_BYTES_MAX {
+            // A closed segment ends at its last frame: only the newest may
+            // end in zeros. The cut is durable before the next one exists.
+            self.file.set_len(self.length)?;
+            self.file.sync_all()?;
             let path = segment_path(&self.directory, first_batch);
-            self.file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            self.file = OpenOptions::new().create_new(true).read(true).write(true).open(&path)?;
             self.length = 0;
+            self.zeroed = 0;
             sync_directory(&self.directory).map_err(io::Error::other)?;
         }
-        let written = self.file.write_all(frame).and_then(|()| self.file.sync_data());
+        let end = self.length + frame.len() as u64;
+        let written = self.file.write_all_at(frame, self.length).and_then(|()| {
+            if end > self.zeroed {
+                // Zeros ahead only save time: a disk too full for them
+                // still takes the frame (the part they reached is zeros).
+                let ahead = end.next_multiple_of(ZEROED_CHUNK_BYTES);
+                self.zeroed = write_zeros(&self.file, end, ahead).map_or(end, |()| ahead);
+            }
+            self.file.sync_data()
+        });
         if let Err(error) = written {
             // The frame's callers are told it failed, so it must not come
             // back at the next start: cut it off. If even that fails, what
@@ -193,11 +227,24 @@ impl SegmentWriter {
                 eprintln!("headroom: a failed log write could not be undone ({cut_error}); stopping");
                 std::process::abort();
             }
+            self.zeroed = self.length;
             return Err(error);
         }
-        self.length += frame.len() as u64;
+        self.length = end;
         Ok(())
     }
+}
+
+/// Writes zeros over `start..end` of `file`.
+fn write_zeros(file: &File, start: u64, end: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut offset = start;
+    while offset < end {
+        let count = (end - offset).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..count as usize], offset)?;
+        offset += count;
+    }
+    Ok(())
 }
 
 /// Makes a directory's entries (a new or renamed file) durable.
@@ -220,4 +267,30 @@ pub fn scan(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_segment_ends_at_its_last_frame_and_only_the_newest_is_zeroed_ahead() {
+        let directory = std::env::temp_dir().join(format!("headroom-log-rotation-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&directory);
+        fs::create_dir_all(&directory).unwrap();
+        let first = segment_path(&directory, 1);
+        let mut writer = SegmentWriter::open(&directory, &first, 0).unwrap();
+        // Frames of a size that never lands on a chunk's end.
+        let frame = vec![7u8; (8 << 20) + 1];
+        let frames_per_segment = SEGMENT_BYTES_MAX.div_ceil(frame.len() as u64);
+        for batch in 1..=frames_per_segment + 1 {
+            writer.append(&frame, batch).unwrap();
+        }
+        let segments = list_segments(&directory).unwrap();
+        assert_eq!(segments.len(), 2);
+        assert_eq!(fs::metadata(&first).unwrap().len(), frames_per_segment * frame.len() as u64);
+        let newest = fs::metadata(&segments[1].1).unwrap().len();
+        assert_eq!(newest, (frame.len() as u64).next_multiple_of(ZEROED_CHUNK_BYTES));
+        fs::remove_dir_all(&directory).unwrap();
+    }
 }

@@ -140,12 +140,16 @@ impl LogTail {
             }
             let file = self.segment.as_ref().expect("opened above");
             let mut header = [0u8; FRAME_HEADER_BYTES];
-            if file.read_exact_at(&mut header, self.offset).is_err() {
-                // The end of this segment: the next frame starts the next one.
+            let length = match file.read_exact_at(&mut header, self.offset) {
+                Ok(()) => u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize,
+                Err(_) => 0,
+            };
+            if length == 0 {
+                // The end of this segment's frames (the end of the file, or
+                // zeros written ahead): the next frame starts the next one.
                 self.segment = None;
                 continue;
             }
-            let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
             let batch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
             let offset = self.offset;
             self.offset += (FRAME_HEADER_BYTES + length) as u64;

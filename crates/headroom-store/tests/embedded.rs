@@ -114,10 +114,18 @@ fn closed_directory(name: &str, decisions: usize) -> (TemporaryDirectory, Arc<Fa
     (directory, clock, before)
 }
 
-/// Appends `bytes` to the newest log segment, as a crash mid-write would.
+/// Writes `bytes` after the last frame of the newest log segment, over the
+/// zeros written ahead, as a crash mid-write would.
 fn append_to_log(directory: &Path, bytes: &[u8]) {
-    let mut file = std::fs::OpenOptions::new().append(true).open(segment(directory)).unwrap();
-    std::io::Write::write_all(&mut file, bytes).unwrap();
+    let path = segment(directory);
+    let end = frames_end(&path);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, bytes, end).unwrap();
+}
+
+/// Where the frames of a segment end.
+fn frames_end(path: &Path) -> u64 {
+    log::read_segment(path, true).unwrap().valid_length
 }
 
 fn segment(directory: &Path) -> PathBuf {
@@ -151,7 +159,7 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
     // A crash in the middle of writing a frame: a header that promises more
     // bytes than arrived.
     let path = segment(&directory);
-    let intact = std::fs::metadata(&path).unwrap().len();
+    let intact = frames_end(&path);
     append_to_log(&directory, &[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]);
 
     let store = open(&directory, clock.clone()).unwrap();
@@ -407,7 +415,38 @@ fn zeros_after_the_last_frame_are_a_torn_tail_and_a_second_opener_is_refused() {
     );
     store.close();
     // A power cut can leave the file longer than what was written.
-    append_to_log(&directory, &[0; 4096]);
+    let path = segment(&directory);
+    let file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &[0; 4096]).unwrap();
     let store = open(&directory, clock).unwrap();
     assert_eq!(state(&store), before);
+}
+
+#[test]
+fn the_log_is_zeroed_ahead_of_its_frames_and_reopens_where_they_end() {
+    let directory = temporary_directory("zeroed-ahead");
+    let clock = clock();
+    let store = open(&directory, clock.clone()).unwrap();
+    setup(&store);
+    decide(&store, "one");
+    let before = state(&store);
+    store.close();
+    let path = segment(&directory);
+    let end = frames_end(&path);
+    let bytes = std::fs::read(&path).unwrap();
+    // Frames overwrite blocks the file already has: their syncs commit no
+    // new file size.
+    assert_eq!(bytes.len() as u64, log::ZEROED_CHUNK_BYTES, "the segment was not zeroed ahead");
+    assert!(bytes[end as usize..].iter().all(|byte| *byte == 0));
+
+    let store = open(&directory, clock.clone()).unwrap();
+    assert_eq!(state(&store), before);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "the zeros are cut off at start");
+    decide(&store, "two");
+    store.close();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), log::ZEROED_CHUNK_BYTES);
+    let report = reconcile::reconcile(&directory).unwrap();
+    assert!(report.discrepancies.is_empty(), "{report}");
+    let store = open(&directory, clock).unwrap();
+    assert!(decide(&store, "two").replayed);
 }
