@@ -248,20 +248,26 @@ fn corrupt(what: &str, reason: impl std::fmt::Display) -> StoreError {
 }
 
 fn connect(url: &str) -> Result<Client, StoreError> {
-    let mut config: postgres::Config =
+    postgres::Config::from(connection_config(url)?).connect(NoTls).map_err(|error| unavailable(&error))
+}
+
+/// How every connection is made: the URL's settings, with timeouts that
+/// keep a cut-off node from holding row locks.
+fn connection_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config =
         url.parse().map_err(|error| StoreError::Unavailable(format!("the database URL: {error}")))?;
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives(true);
     config.keepalives_idle(KEEPALIVE_IDLE);
     // A node cut off while holding row locks must not hold them for long:
     // its session ends, and other nodes waiting on a lock give up (503) instead of waiting.
-    config.options(&format!(
+    config.options(format!(
         "-c lock_timeout={}ms -c idle_in_transaction_session_timeout={}ms",
         LOCK_TIMEOUT.as_millis(),
         IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
     ));
     config.application_name("headroom");
-    config.connect(NoTls).map_err(|error| unavailable(&error))
+    Ok(config)
 }
 
 /// Whether a transaction failed only because it lost a race with another
@@ -619,7 +625,7 @@ fn worker(shared: &Shared) {
                 }
             }
         };
-        if client.as_ref().is_some_and(|connection| connection.client.is_closed()) {
+        if client.as_ref().is_some_and(|connection| !connection.usable()) {
             client = None;
         }
         let connected = match client.take() {
@@ -628,8 +634,8 @@ fn worker(shared: &Shared) {
         };
         match task {
             Task::Resolve(jobs) => match connected {
-                Ok(mut connected) => {
-                    if resolve(shared, &mut connected.client, jobs) {
+                Ok(connected) => {
+                    if resolve(shared, &connected, jobs) {
                         client = Some(connected);
                     }
                 }
@@ -668,7 +674,7 @@ fn worker(shared: &Shared) {
 /// Finds the accounts of subjects the cache does not know, then queues each
 /// command under its account (or answers that the subject is unknown).
 /// Returns whether the connection is still usable.
-fn resolve(shared: &Shared, client: &mut Client, jobs: Vec<(Command, Reply)>) -> bool {
+fn resolve(shared: &Shared, connection: &Connection, jobs: Vec<(Command, Reply)>) -> bool {
     let subject_of = |command: &Command| match command {
         Command::Decide(DecisionRequest { subject, .. }) | Command::Reserve(ReserveRequest { subject, .. }) => {
             subject.clone()
@@ -677,13 +683,14 @@ fn resolve(shared: &Shared, client: &mut Client, jobs: Vec<(Command, Reply)>) ->
     };
     let wanted: Vec<SubjectId> = jobs.iter().map(|(command, _)| subject_of(command)).collect();
     let names: Vec<&str> = wanted.iter().map(SubjectId::as_str).collect();
-    let found = match lookup_subjects(client, &names) {
+    let rows = connection.run(connection.client.query(&connection.statements.owners, &[&names]));
+    let found = match rows.map_err(|error| unavailable(&error)).and_then(|rows| owners_from(&rows)) {
         Ok(found) => found,
         Err(error) => {
             for (_, reply) in jobs {
                 reply(Err(error.clone()));
             }
-            return !client.is_closed();
+            return connection.usable();
         }
     };
     shared.remember_subjects(&found);
@@ -710,6 +717,11 @@ fn lookup_subjects(client: &mut Client, subjects: &[&str]) -> Result<HashMap<Sub
     let rows = client
         .query("SELECT id, account FROM subjects WHERE id = ANY($1)", &[&subjects])
         .map_err(|error| unavailable(&error))?;
+    owners_from(&rows)
+}
+
+/// Subjects and their accounts from rows of (subject, account).
+fn owners_from(rows: &[postgres::Row]) -> Result<HashMap<SubjectId, AccountId>, StoreError> {
     rows.iter()
         .map(|row| {
             let subject = SubjectId::new(row.get(0)).map_err(|error| corrupt("subject id", error))?;
@@ -758,18 +770,18 @@ fn run(shared: &Shared, connection: &mut Connection, works: Vec<Work>) -> (Vec<A
                 for work in works {
                     answers.extend(run(shared, connection, vec![work]).0);
                 }
-                return (answers, !connection.client.is_closed());
+                return (answers, connection.usable());
             }
             Err(failure) => {
                 let (error, healthy) = match failure {
                     // The database said no: nothing of the transaction happened.
                     Failure::Database(error) | Failure::Commit(error) if error.as_db_error().is_some() => (
                         StoreError::Unavailable(format!("the database refused the transaction: {error}")),
-                        !connection.client.is_closed(),
+                        connection.usable(),
                     ),
                     Failure::Database(error) => (unavailable(&error), false),
                     Failure::Commit(error) => (StoreError::Uncertain(format!("the database: {error}")), false),
-                    Failure::Store(error) => (error, !connection.client.is_closed()),
+                    Failure::Store(error) => (error, connection.usable()),
                     // The transaction was dropped mid-way: start again on a new connection.
                     Failure::Panic(error) => (error, false),
                 };
@@ -831,31 +843,27 @@ fn idempotency_key(command: &Command) -> Option<&IdempotencyKey> {
     }
 }
 
+/// Runs one transaction over `works`. Whatever fails, no transaction
+/// stays open on the connection.
 fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Result<Outcome, Failure> {
+    let outcome = transact_once(shared, connection, works);
+    // After a COMMIT, or outside a transaction, ROLLBACK only warns.
+    if outcome.is_err() && connection.usable() && connection.run(connection.client.batch_execute("ROLLBACK")).is_err() {
+        connection.broken = true;
+    }
+    outcome
+}
+
+/// Two round trips to the database: every read at once, then every write
+/// with the `COMMIT`. The database runs what it is sent in order, so each
+/// read after the row locks sees what the previous holder of the locks
+/// committed (read committed on purpose).
+fn transact_once(shared: &Shared, connection: &Connection, works: &[Work]) -> Result<Outcome, Failure> {
     let catalog = &shared.catalog;
-    let statements = &connection.statements;
-    // Read committed on purpose: each statement after the row locks sees
-    // what the previous holder of the locks committed.
-    let mut transaction =
-        connection.client.build_transaction().isolation_level(postgres::IsolationLevel::ReadCommitted).start()?;
+    let Connection { client, statements, .. } = connection;
     let mut ids: Vec<&str> = works.iter().map(|work| work.account.as_str()).collect();
     ids.sort_unstable();
-
-    // Lock the accounts in id order and read the database's clock.
-    let rows = transaction.query(&statements.lock, &[&ids])?;
-    let mut now_millis = match rows.first() {
-        Some(row) => row.get::<_, i64>(2),
-        None => transaction.query_one(&statements.clock, &[])?.get(0),
-    };
-    let mut before: HashMap<AccountId, AccountState> = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let state = decode_state(row.get(1))?;
-        now_millis = now_millis.max(row.get(2));
-        before.insert(state.id().clone(), state);
-    }
-    let now = Timestamp::from_millis(now_millis.max(0) as u64);
-
-    // Put back the idempotency keys the commands name.
+    // The idempotency keys the commands name.
     let mut key_accounts = Vec::new();
     let mut key_names = Vec::new();
     for work in works {
@@ -866,39 +874,8 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
             }
         }
     }
-    let mut states: HashMap<AccountId, AccountState> = before.clone();
-    let mut restored: HashMap<(AccountId, IdempotencyKey), StoredKey> = HashMap::new();
-    if !key_names.is_empty() {
-        for row in &transaction.query(&statements.keys, &[&key_accounts, &key_names])? {
-            let account = AccountId::new(row.get(0)).map_err(|error| corrupt("account id", error))?;
-            let key = IdempotencyKey::new(row.get(1)).map_err(|error| corrupt("idempotency key", error))?;
-            let fingerprint: &[u8] = row.get(2);
-            let fingerprint =
-                u128::from_le_bytes(fingerprint.try_into().map_err(|_| corrupt("fingerprint", "not 16 bytes"))?);
-            let stored = StoredKey {
-                key: key.clone(),
-                fingerprint,
-                expires_at: Timestamp::from_millis(row.get::<_, i64>(3).max(0) as u64),
-                answer: Box::from(row.get::<_, &[u8]>(4)),
-            };
-            if let Some(state) = states.get_mut(&account) {
-                state.restore_keys([stored.clone()]);
-                restored.insert((account, key), stored);
-            }
-        }
-    }
-
-    // The balance updates waiting for settlement, in order.
+    // The accounts whose balance updates wait for settlement.
     let settle_ids: Vec<&str> = works.iter().filter(|work| work.settle).map(|work| work.account.as_str()).collect();
-    let mut to_settle: HashMap<AccountId, Vec<BalanceUpdate>> = HashMap::new();
-    if !settle_ids.is_empty() {
-        let rows = transaction.query(&statements.unsettled, &[&settle_ids, &SETTLE_PER_TRANSACTION_MAX])?;
-        for row in &rows {
-            let update: BalanceUpdate = decode(row.get(0), "balance update")?;
-            to_settle.entry(update.account.clone()).or_default().push(update);
-        }
-    }
-
     // Subjects that new PutSubject commands name: one account each, across the database.
     let put_subjects: Vec<&str> = works
         .iter()
@@ -908,14 +885,64 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
             _ => None,
         })
         .collect();
-    let mut owners: HashMap<SubjectId, AccountId> = HashMap::new();
-    if !put_subjects.is_empty() {
-        for row in transaction.query(&statements.owners, &[&put_subjects])? {
-            let subject = SubjectId::new(row.get(0)).map_err(|error| corrupt("subject id", error))?;
-            let account = AccountId::new(row.get(1)).map_err(|error| corrupt("account id", error))?;
-            owners.insert(subject, account);
+
+    // Begin, lock the accounts in id order with the database's clock, and
+    // read what the commands need.
+    let lock_params: Params = &[&ids];
+    let keys_params: Params = &[&key_accounts, &key_names];
+    let unsettled_params: Params = &[&settle_ids, &SETTLE_PER_TRANSACTION_MAX];
+    let owners_params: Params = &[&put_subjects];
+    let (begun, locked, keys, unsettled, owners) = connection.run(async {
+        tokio::join!(
+            client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+            client.query(&statements.lock, lock_params),
+            query_unless_empty(client, &statements.keys, keys_params, key_names.is_empty()),
+            query_unless_empty(client, &statements.unsettled, unsettled_params, settle_ids.is_empty()),
+            query_unless_empty(client, &statements.owners, owners_params, put_subjects.is_empty()),
+        )
+    });
+    begun?;
+    let rows = locked?;
+    let mut now_millis = match rows.first() {
+        Some(row) => row.get::<_, i64>(2),
+        None => connection.run(client.query_one(&statements.clock, &[]))?.get(0),
+    };
+    let mut before: HashMap<AccountId, AccountState> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let state = decode_state(row.get(1))?;
+        now_millis = now_millis.max(row.get(2));
+        before.insert(state.id().clone(), state);
+    }
+    let now = Timestamp::from_millis(now_millis.max(0) as u64);
+
+    // Put back the idempotency keys the commands name.
+    let mut states: HashMap<AccountId, AccountState> = before.clone();
+    let mut restored: HashMap<(AccountId, IdempotencyKey), StoredKey> = HashMap::new();
+    for row in &keys? {
+        let account = AccountId::new(row.get(0)).map_err(|error| corrupt("account id", error))?;
+        let key = IdempotencyKey::new(row.get(1)).map_err(|error| corrupt("idempotency key", error))?;
+        let fingerprint: &[u8] = row.get(2);
+        let fingerprint =
+            u128::from_le_bytes(fingerprint.try_into().map_err(|_| corrupt("fingerprint", "not 16 bytes"))?);
+        let stored = StoredKey {
+            key: key.clone(),
+            fingerprint,
+            expires_at: Timestamp::from_millis(row.get::<_, i64>(3).max(0) as u64),
+            answer: Box::from(row.get::<_, &[u8]>(4)),
+        };
+        if let Some(state) = states.get_mut(&account) {
+            state.restore_keys([stored.clone()]);
+            restored.insert((account, key), stored);
         }
     }
+
+    // The balance updates waiting for settlement, in order.
+    let mut to_settle: HashMap<AccountId, Vec<BalanceUpdate>> = HashMap::new();
+    for row in &unsettled? {
+        let update: BalanceUpdate = decode(row.get(0), "balance update")?;
+        to_settle.entry(update.account.clone()).or_default().push(update);
+    }
+    let mut owners = owners_from(&owners?)?;
 
     // The core applies everything.
     let mut engine = Engine::from_accounts(catalog.clone(), states.into_values().collect());
@@ -982,14 +1009,40 @@ fn transact(shared: &Shared, connection: &mut Connection, works: &[Work]) -> Res
             None => rows.account(&state, true),
         }
     }
-    transaction.execute(&statements.write, &rows.params())?;
-    // Apart, and only when there is something to mark: with an empty list
-    // the generic plan would still scan the table.
-    if !settled.is_empty() {
-        transaction.execute(&statements.mark_settled, &[&settled])?;
+    let params = rows.params();
+    let (written, marked, committed) = connection.run(async {
+        tokio::join!(
+            client.execute(&statements.write, &params),
+            // Apart, and only when there is something to mark: with an
+            // empty list the generic plan would still scan the table.
+            async {
+                if settled.is_empty() { Ok(0) } else { client.execute(&statements.mark_settled, &[&settled]).await }
+            },
+            client.batch_execute("COMMIT"),
+        )
+    });
+    // A write the database refused aborted the transaction, and the COMMIT
+    // behind it rolled back; a write without an answer may have committed.
+    for result in [written, marked] {
+        if let Err(error) = result {
+            return Err(if error.as_db_error().is_some() { Failure::Database(error) } else { Failure::Commit(error) });
+        }
     }
-    transaction.commit().map_err(Failure::Commit)?;
+    committed.map_err(Failure::Commit)?;
     Ok(Outcome { results, commands })
+}
+
+type Params<'a> = &'a [&'a (dyn postgres::types::ToSql + Sync)];
+
+/// The rows of `statement`, or none without asking when `empty` (its lists
+/// are empty).
+async fn query_unless_empty(
+    client: &tokio_postgres::Client,
+    statement: &Statement,
+    params: Params<'_>,
+    empty: bool,
+) -> Result<Vec<postgres::Row>, postgres::Error> {
+    if empty { Ok(Vec::new()) } else { client.query(statement, params).await }
 }
 
 fn millis(at: Timestamp) -> i64 {
@@ -1007,16 +1060,29 @@ struct Statements {
     mark_settled: Statement,
 }
 
-/// A worker's connection with its prepared statements.
+/// A worker's connection with its prepared statements, and the runtime it
+/// runs on: requests sent together go out at once (pipelined), and their
+/// answers come back in one round trip.
 struct Connection {
-    client: Client,
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
     statements: Statements,
+    /// A failed transaction could not be rolled back: the connection must go.
+    broken: bool,
 }
 
 impl Connection {
     fn open(url: &str) -> Result<Connection, StoreError> {
-        let mut client = connect(url)?;
-        let mut prepare = |sql: &str| client.prepare(sql).map_err(|error| unavailable(&error));
+        let config = connection_config(url)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| StoreError::Unavailable(format!("cannot start a database runtime: {error}")))?;
+        let (client, connection) =
+            runtime.block_on(config.connect(tokio_postgres::NoTls)).map_err(|error| unavailable(&error))?;
+        // The connection's task runs whenever the worker waits for an answer.
+        runtime.spawn(connection);
+        let prepare = |sql: &str| runtime.block_on(client.prepare(sql)).map_err(|error| unavailable(&error));
         let statements = Statements {
             // Locks the accounts in id order and reads the database's clock.
             lock: prepare(
@@ -1044,7 +1110,16 @@ impl Connection {
             write: prepare(WRITE)?,
             mark_settled: prepare("UPDATE balance_updates SET settled = true WHERE id = ANY($1::text[]::uuid[])")?,
         };
-        Ok(Connection { client, statements })
+        Ok(Connection { runtime, client, statements, broken: false })
+    }
+
+    /// Runs requests on this connection and waits for their answers.
+    fn run<F: std::future::Future>(&self, requests: F) -> F::Output {
+        self.runtime.block_on(requests)
+    }
+
+    fn usable(&self) -> bool {
+        !self.broken && !self.client.is_closed()
     }
 }
 
