@@ -14,11 +14,13 @@
 //! acknowledged, and is dropped. A bad frame anywhere else is corruption and
 //! stops start-up with the file and offset.
 //!
-//! The writer fills segments with zeros ahead of its frames, a chunk at a
-//! time, and syncs the zeros once: a frame then overwrites blocks the file
-//! already has, and its `fdatasync` flushes the data alone, with no journal
-//! commit for a new file size. Zeros after the last frame read as a torn
-//! tail (a zero length is never a frame) and are cut off at the next start.
+//! The writer fills segments with zeros ahead of its frames and syncs the
+//! zeros once: a frame then overwrites blocks the file already has, and its
+//! `fdatasync` flushes the data alone, with no journal commit for a new file
+//! size. It writes them while it has nothing else to do, a step at a time,
+//! and a frame that finds none ahead writes a chunk of them itself. Zeros
+//! after the last frame read as a torn tail (a zero length is never a
+//! frame) and are cut off at the next start.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -162,9 +164,14 @@ fn later_frame_exists(bytes: &[u8], offset: usize, last_batch: u64) -> bool {
     })
 }
 
-/// Zeros written ahead of the frames at a time: each chunk costs one sync
-/// that commits a new file size, shared by the many frames written into it.
+/// Zeros kept ahead of the frames, and written at once by a frame that
+/// finds none: each chunk costs one sync that commits a new file size,
+/// shared by the many frames written into it.
 pub const ZEROED_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Zeros written in one step while the writer waits for work: short, so
+/// that a frame arriving meanwhile hardly waits.
+const ZEROING_STEP_BYTES: u64 = 64 << 10;
 
 /// The open segment the writer appends to.
 pub struct SegmentWriter {
@@ -172,8 +179,14 @@ pub struct SegmentWriter {
     file: File,
     /// Where the frames end.
     length: u64,
-    /// Where the durable zeros after the frames end: the file's length.
+    /// Where the durable zeros after the frames end.
     zeroed: u64,
+    /// Where the zeros written so far end, durable or not: the file's
+    /// length, never short of `length`.
+    zeroing: u64,
+    /// Whether to write zeros while idle: off after a failure (a full
+    /// disk), until the next segment.
+    zeroing_ahead: bool,
 }
 
 impl SegmentWriter {
@@ -192,7 +205,14 @@ impl SegmentWriter {
             file.sync_all().map_err(|error| StoreError::io(path, error))?;
         }
         sync_directory(directory)?;
-        Ok(SegmentWriter { directory: directory.to_path_buf(), file, length, zeroed: length })
+        Ok(SegmentWriter {
+            directory: directory.to_path_buf(),
+            file,
+            length,
+            zeroed: length,
+            zeroing: length,
+            zeroing_ahead: true,
+        })
     }
 
     /// Appends one frame (a group commit) and makes it durable.
@@ -205,7 +225,7 @@ impl SegmentWriter {
             let path = segment_path(&self.directory, first_batch);
             self.file = OpenOptions::new().create_new(true).read(true).write(true).open(&path)?;
             self.length = 0;
-            self.zeroed = 0;
+            (self.zeroed, self.zeroing, self.zeroing_ahead) = (0, 0, true);
             sync_directory(&self.directory).map_err(io::Error::other)?;
         }
         let end = self.length + frame.len() as u64;
@@ -213,8 +233,9 @@ impl SegmentWriter {
             if end > self.zeroed {
                 // Zeros ahead only save time: a disk too full for them
                 // still takes the frame (the part they reached is zeros).
-                let ahead = end.next_multiple_of(ZEROED_CHUNK_BYTES);
-                self.zeroed = write_zeros(&self.file, end, ahead).map_or(end, |()| ahead);
+                let from = end.max(self.zeroing);
+                let ahead = end.next_multiple_of(ZEROED_CHUNK_BYTES).max(from);
+                self.zeroing = write_zeros(&self.file, from, ahead).map_or(end, |()| ahead);
             }
             self.file.sync_data()
         });
@@ -227,12 +248,49 @@ impl SegmentWriter {
                 eprintln!("headroom: a failed log write could not be undone ({cut_error}); stopping");
                 std::process::abort();
             }
-            self.zeroed = self.length;
+            (self.zeroed, self.zeroing) = (self.length, self.length);
             return Err(error);
         }
         self.length = end;
+        // The sync made every zero written so far durable too.
+        self.zeroed = self.zeroing;
         Ok(())
     }
+
+    /// One step of zeros ahead, for while nothing else waits: keeps a chunk
+    /// of durable zeros ahead of the frames, so that their syncs never wait
+    /// for zeros. Returns whether there was anything to do.
+    pub fn zero_ahead(&mut self) -> bool {
+        if !self.zeroing_ahead || self.zeroed >= self.length + ZEROED_CHUNK_BYTES {
+            return false;
+        }
+        let target = (self.length + ZEROED_CHUNK_BYTES).next_multiple_of(ZEROED_CHUNK_BYTES);
+        let step = if self.zeroing < target {
+            let (from, to) = (self.zeroing, (self.zeroing + ZEROING_STEP_BYTES).min(target));
+            write_zeros(&self.file, from, to).and_then(|()| {
+                self.zeroing = to;
+                start_writeback(&self.file, from, to)
+            })
+        } else {
+            self.file.sync_data().map(|()| self.zeroed = self.zeroing)
+        };
+        if step.is_err() {
+            self.zeroing_ahead = false;
+        }
+        true
+    }
+}
+
+/// Starts writing `start..end` of `file` to the disk without waiting, so
+/// that the sync that follows finds little left to write.
+fn start_writeback(file: &File, start: u64, end: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; the
+    // call reads no memory of ours.
+    let started = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), start as i64, (end - start) as i64, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if started == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Writes zeros over `start..end` of `file`.
@@ -291,6 +349,33 @@ mod tests {
         assert_eq!(fs::metadata(&first).unwrap().len(), frames_per_segment * frame.len() as u64);
         let newest = fs::metadata(&segments[1].1).unwrap().len();
         assert_eq!(newest, (frame.len() as u64).next_multiple_of(ZEROED_CHUNK_BYTES));
+        fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn idle_steps_keep_a_chunk_of_durable_zeros_ahead_of_the_frames() {
+        let directory = std::env::temp_dir().join(format!("headroom-log-zero-ahead-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&directory);
+        fs::create_dir_all(&directory).unwrap();
+        let path = segment_path(&directory, 1);
+        let mut writer = SegmentWriter::open(&directory, &path, 0).unwrap();
+        writer.append(&[7; 100], 1).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), ZEROED_CHUNK_BYTES, "the first frame zeroes a chunk");
+        let mut steps = 0;
+        while writer.zero_ahead() {
+            steps += 1;
+        }
+        // Sixteen steps of zeros and one sync.
+        assert_eq!(steps, ZEROED_CHUNK_BYTES / ZEROING_STEP_BYTES + 1);
+        assert_eq!((writer.zeroed, writer.zeroing), (2 * ZEROED_CHUNK_BYTES, 2 * ZEROED_CHUNK_BYTES));
+        // A frame across the first chunk's end lands on those zeros.
+        let frame = vec![8u8; ZEROED_CHUNK_BYTES as usize];
+        writer.append(&frame, 2).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 2 * ZEROED_CHUNK_BYTES);
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(&bytes[..100], &[7; 100]);
+        assert!(bytes[100..100 + frame.len()].iter().all(|byte| *byte == 8));
+        assert!(bytes[100 + frame.len()..].iter().all(|byte| *byte == 0));
         fs::remove_dir_all(&directory).unwrap();
     }
 }
