@@ -16,8 +16,9 @@
 //!
 //! The writer fills segments with zeros ahead of its frames and syncs the
 //! zeros once: a frame then overwrites blocks the file already has, and its
-//! `fdatasync` flushes the data alone, with no journal commit for a new file
-//! size. It writes them while it has nothing else to do, a step at a time,
+//! `fdatasync` writes the data alone, not the inode of a file that grew
+//! (nor a journal commit for it, where the file system keeps a journal).
+//! It writes them while it has nothing else to do, a step at a time,
 //! and a frame that finds none ahead writes a chunk of them itself. Zeros
 //! after the last frame read as a torn tail (a zero length is never a
 //! frame) and are cut off at the next start.
