@@ -662,7 +662,7 @@ fn writer_loop(
     // One buffer for every group's bytes: growing a fresh one to megabytes
     // copied each group's frames several times over.
     let mut bytes = Vec::new();
-    while let Some(job) = next_job(&jobs, &mut writer) {
+    while let Some(job) = next_job(&jobs, &mut writer, &failed) {
         // Group commit: the frames that queued while the last sync ran go
         // to disk together. A snapshot waits until they are durable: it
         // holds their changes.
@@ -719,13 +719,20 @@ fn writer_loop(
 
 /// The next job; while none waits, the writer zeros the log ahead of its
 /// frames, a step at a time. None once the engine is gone.
-fn next_job(jobs: &Receiver<WriteJob>, writer: &mut SegmentWriter) -> Option<WriteJob> {
+fn next_job(jobs: &Receiver<WriteJob>, writer: &mut SegmentWriter, failed: &AtomicBool) -> Option<WriteJob> {
     loop {
         match jobs.try_recv() {
             Ok(job) => return Some(job),
-            Err(mpsc::TryRecvError::Empty) if writer.zero_ahead() => continue,
-            Err(mpsc::TryRecvError::Empty) => return jobs.recv().ok(),
             Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if !failed.load(Ordering::SeqCst) => match writer.zero_ahead() {
+                Ok(true) => continue,
+                Ok(false) => return jobs.recv().ok(),
+                Err(error) => {
+                    failed.store(true, Ordering::SeqCst);
+                    eprintln!("headroom: writing the log failed, refusing further commands: {error}");
+                }
+            },
+            Err(mpsc::TryRecvError::Empty) => return jobs.recv().ok(),
         }
     }
 }

@@ -182,8 +182,8 @@ pub struct SegmentWriter {
     length: u64,
     /// Where the durable zeros after the frames end.
     zeroed: u64,
-    /// Where the zeros written so far end, durable or not: the file's
-    /// length, never short of `length`.
+    /// Where the zeros written so far end, durable or not: at least where
+    /// the frames end, at most the file's length.
     zeroing: u64,
     /// Whether to write zeros while idle: off after a failure (a full
     /// disk), until the next segment.
@@ -236,7 +236,13 @@ impl SegmentWriter {
                 // still takes the frame (the part they reached is zeros).
                 let from = end.max(self.zeroing);
                 let ahead = end.next_multiple_of(ZEROED_CHUNK_BYTES).max(from);
-                self.zeroing = write_zeros(&self.file, from, ahead).map_or(end, |()| ahead);
+                self.zeroing = match write_zeros(&self.file, from, ahead) {
+                    Ok(()) => ahead,
+                    Err(_) => {
+                        self.zeroing_ahead = false;
+                        end
+                    }
+                };
             }
             self.file.sync_data()
         });
@@ -261,24 +267,29 @@ impl SegmentWriter {
     /// One step of zeros ahead, for while nothing else waits: keeps a chunk
     /// of durable zeros ahead of the frames, so that their syncs never wait
     /// for zeros. Returns whether there was anything to do.
-    pub fn zero_ahead(&mut self) -> bool {
-        if !self.zeroing_ahead || self.zeroed >= self.length + ZEROED_CHUNK_BYTES {
-            return false;
+    ///
+    /// Zeros that do not fit (a full disk) only end the zeroing, but an
+    /// error writing them back is an error of the disk: the page that holds
+    /// the end of the last frame is written again with them.
+    pub fn zero_ahead(&mut self) -> io::Result<bool> {
+        let full = self.length >= SEGMENT_BYTES_MAX;
+        if full || !self.zeroing_ahead || self.zeroed >= self.length + ZEROED_CHUNK_BYTES {
+            return Ok(false);
         }
         let target = (self.length + ZEROED_CHUNK_BYTES).next_multiple_of(ZEROED_CHUNK_BYTES);
-        let step = if self.zeroing < target {
+        if self.zeroing < target {
             let (from, to) = (self.zeroing, (self.zeroing + ZEROING_STEP_BYTES).min(target));
-            write_zeros(&self.file, from, to).and_then(|()| {
-                self.zeroing = to;
-                start_writeback(&self.file, from, to)
-            })
+            if write_zeros(&self.file, from, to).is_err() {
+                self.zeroing_ahead = false;
+                return Ok(true);
+            }
+            self.zeroing = to;
+            start_writeback(&self.file, from, to)?;
         } else {
-            self.file.sync_data().map(|()| self.zeroed = self.zeroing)
-        };
-        if step.is_err() {
-            self.zeroing_ahead = false;
+            self.file.sync_data()?;
+            self.zeroed = self.zeroing;
         }
-        true
+        Ok(true)
     }
 }
 
@@ -342,9 +353,11 @@ mod tests {
         // Frames of a size that never lands on a chunk's end.
         let frame = vec![7u8; (8 << 20) + 1];
         let frames_per_segment = SEGMENT_BYTES_MAX.div_ceil(frame.len() as u64);
-        for batch in 1..=frames_per_segment + 1 {
+        for batch in 1..=frames_per_segment {
             writer.append(&frame, batch).unwrap();
         }
+        assert!(!writer.zero_ahead().unwrap(), "zeros for a full segment would be cut off at once");
+        writer.append(&frame, frames_per_segment + 1).unwrap();
         let segments = list_segments(&directory).unwrap();
         assert_eq!(segments.len(), 2);
         assert_eq!(fs::metadata(&first).unwrap().len(), frames_per_segment * frame.len() as u64);
@@ -363,7 +376,7 @@ mod tests {
         writer.append(&[7; 100], 1).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), ZEROED_CHUNK_BYTES, "the first frame zeroes a chunk");
         let mut steps = 0;
-        while writer.zero_ahead() {
+        while writer.zero_ahead().unwrap() {
             steps += 1;
         }
         // Sixteen steps of zeros and one sync.

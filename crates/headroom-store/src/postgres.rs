@@ -29,6 +29,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
 
@@ -739,10 +740,18 @@ fn run(shared: &Shared, connection: &mut Connection, works: Vec<Work>) -> (Vec<A
     let mut attempt = 0;
     loop {
         attempt += 1;
+        if !connection.usable() {
+            let lost = StoreError::Unavailable("the database connection was lost; nothing was recorded".to_string());
+            let replies = works.into_iter().flat_map(|work| work.jobs).map(|(_, reply)| (reply, Err(lost.clone())));
+            return (replies.collect(), false);
+        }
         // A panic in the core or in decoding fails this batch, not the
         // worker: its accounts must be finished, or they would wait forever.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| transact(shared, connection, &works)))
             .unwrap_or_else(|_| {
+                // Its transaction may still be open, holding row locks:
+                // the connection goes, and the database rolls back.
+                connection.broken = true;
                 Err(Failure::Panic(StoreError::Unavailable(
                     "an internal error stopped the transaction; nothing was recorded".to_string(),
                 )))
@@ -902,7 +911,7 @@ fn transact_once(shared: &Shared, connection: &Connection, works: &[Work]) -> Re
         )
     });
     begun?;
-    let rows = locked?;
+    let (rows, keys, unsettled, owners) = (locked?, keys?, unsettled?, owners?);
     let mut now_millis = match rows.first() {
         Some(row) => row.get::<_, i64>(2),
         None => connection.run(client.query_one(&statements.clock, &[]))?.get(0),
@@ -918,7 +927,7 @@ fn transact_once(shared: &Shared, connection: &Connection, works: &[Work]) -> Re
     // Put back the idempotency keys the commands name.
     let mut states: HashMap<AccountId, AccountState> = before.clone();
     let mut restored: HashMap<(AccountId, IdempotencyKey), StoredKey> = HashMap::new();
-    for row in &keys? {
+    for row in &keys {
         let account = AccountId::new(row.get(0)).map_err(|error| corrupt("account id", error))?;
         let key = IdempotencyKey::new(row.get(1)).map_err(|error| corrupt("idempotency key", error))?;
         let fingerprint: &[u8] = row.get(2);
@@ -938,11 +947,11 @@ fn transact_once(shared: &Shared, connection: &Connection, works: &[Work]) -> Re
 
     // The balance updates waiting for settlement, in order.
     let mut to_settle: HashMap<AccountId, Vec<BalanceUpdate>> = HashMap::new();
-    for row in &unsettled? {
+    for row in &unsettled {
         let update: BalanceUpdate = decode(row.get(0), "balance update")?;
         to_settle.entry(update.account.clone()).or_default().push(update);
     }
-    let mut owners = owners_from(&owners?)?;
+    let mut owners = owners_from(&owners)?;
 
     // The core applies everything.
     let mut engine = Engine::from_accounts(catalog.clone(), states.into_values().collect());
@@ -1010,22 +1019,37 @@ fn transact_once(shared: &Shared, connection: &Connection, works: &[Work]) -> Re
         }
     }
     let params = rows.params();
+    // Set when the write fails before it is sent (its parameters do not
+    // encode): then no COMMIT may follow, or the rest would commit alone.
+    let unsent = std::cell::Cell::new(false);
     let (written, marked, committed) = connection.run(async {
+        // Polled in this order: each request is sent when first polled.
         tokio::join!(
-            client.execute(&statements.write, &params),
+            biased;
+            async {
+                let mut write = std::pin::pin!(client.execute(&statements.write, &params));
+                match std::future::poll_fn(|context| Poll::Ready(write.as_mut().poll(context))).await {
+                    Poll::Ready(result) => {
+                        unsent.set(true);
+                        result
+                    }
+                    Poll::Pending => write.await,
+                }
+            },
             // Apart, and only when there is something to mark: with an
             // empty list the generic plan would still scan the table.
             async {
                 if settled.is_empty() { Ok(0) } else { client.execute(&statements.mark_settled, &[&settled]).await }
             },
-            client.batch_execute("COMMIT"),
+            async { if unsent.get() { Ok(()) } else { client.batch_execute("COMMIT").await } },
         )
     });
     // A write the database refused aborted the transaction, and the COMMIT
     // behind it rolled back; a write without an answer may have committed.
     for result in [written, marked] {
         if let Err(error) = result {
-            return Err(if error.as_db_error().is_some() { Failure::Database(error) } else { Failure::Commit(error) });
+            let certain = error.as_db_error().is_some() || unsent.get();
+            return Err(if certain { Failure::Database(error) } else { Failure::Commit(error) });
         }
     }
     committed.map_err(Failure::Commit)?;
