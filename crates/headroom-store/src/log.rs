@@ -343,13 +343,20 @@ pub fn scan(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_closed_segment_ends_at_its_last_frame_and_only_the_newest_is_zeroed_ahead() {
-        let directory = std::env::temp_dir().join(format!("headroom-log-rotation-{}", std::process::id()));
+    /// A fresh directory named after `name`, and a writer at the start of
+    /// its first segment.
+    fn new_segment(name: &str) -> (PathBuf, PathBuf, SegmentWriter) {
+        let directory = std::env::temp_dir().join(format!("headroom-log-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&directory);
         fs::create_dir_all(&directory).unwrap();
-        let first = segment_path(&directory, 1);
-        let mut writer = SegmentWriter::open(&directory, &first, 0).unwrap();
+        let path = segment_path(&directory, 1);
+        let writer = SegmentWriter::open(&directory, &path, 0).unwrap();
+        (directory, path, writer)
+    }
+
+    #[test]
+    fn a_closed_segment_ends_at_its_last_frame_and_only_the_newest_is_zeroed_ahead() {
+        let (directory, first, mut writer) = new_segment("rotation");
         // Frames of a size that never lands on a chunk's end.
         let frame = vec![7u8; (8 << 20) + 1];
         let frames_per_segment = SEGMENT_BYTES_MAX.div_ceil(frame.len() as u64);
@@ -368,11 +375,7 @@ mod tests {
 
     #[test]
     fn idle_steps_keep_a_chunk_of_durable_zeros_ahead_of_the_frames() {
-        let directory = std::env::temp_dir().join(format!("headroom-log-zero-ahead-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&directory);
-        fs::create_dir_all(&directory).unwrap();
-        let path = segment_path(&directory, 1);
-        let mut writer = SegmentWriter::open(&directory, &path, 0).unwrap();
+        let (directory, path, mut writer) = new_segment("zero-ahead");
         writer.append(&[7; 100], 1).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), ZEROED_CHUNK_BYTES, "the first frame zeroes a chunk");
         let mut steps = 0;
