@@ -432,13 +432,7 @@ fn zeros_after_the_last_frame_are_a_torn_tail_and_a_second_opener_is_refused() {
 
 #[test]
 fn the_log_is_zeroed_ahead_of_its_frames_and_reopens_where_they_end() {
-    let directory = temporary_directory("zeroed-ahead");
-    let clock = clock();
-    let store = open(&directory, clock.clone()).unwrap();
-    setup(&store);
-    decide(&store, "one");
-    let before = state(&store);
-    store.close();
+    let (directory, clock, before) = closed_directory("zeroed-ahead", 1);
     let path = segment(&directory);
     let end = frames_end(&path);
     let bytes = std::fs::read(&path).unwrap();
