@@ -24,28 +24,6 @@ pub fn encode<T: Serialize + ?Sized>(
     postcard::serialize_with_flavor(value, Spilling { buffer, used: 0, spill })
 }
 
-/// Encodes `value` into a vector of its exact size, through a buffer on the
-/// stack: one allocation for an encoding of up to 1 KiB.
-pub fn to_boxed<T: Serialize + ?Sized>(value: &T) -> Box<[u8]> {
-    to_boxed_after(&[], value)
-}
-
-/// `prefix`, then `value` encoded, in one allocation of the exact size when
-/// the encoding fits 1 KiB.
-pub fn to_boxed_after<T: Serialize + ?Sized>(prefix: &[u8], value: &T) -> Box<[u8]> {
-    let mut encoded = Vec::new();
-    encode(value, &mut [0u8; 1024], |bytes| {
-        if encoded.is_empty() {
-            encoded.reserve_exact(prefix.len() + bytes.len());
-            encoded.extend_from_slice(prefix);
-        }
-        encoded.extend_from_slice(bytes);
-        true
-    })
-    .expect("spilling into a vector cannot fail");
-    encoded.into_boxed_slice()
-}
-
 struct Spilling<'a, S> {
     buffer: &'a mut [u8],
     used: usize,
@@ -143,7 +121,6 @@ mod tests {
             .expect("encodes");
             assert_eq!(encoded, expected, "buffer of {buffer_bytes} bytes");
         }
-        assert_eq!(&*to_boxed(&value), &expected[..]);
     }
 
     #[test]
