@@ -24,6 +24,34 @@ pub fn encode<T: Serialize + ?Sized>(
     postcard::serialize_with_flavor(value, Spilling { buffer, used: 0, spill })
 }
 
+/// Encodes `value` and hands the whole encoding to `use_bytes`: from the
+/// stack when it fits 1 KiB, so that nothing is allocated, else from a vector.
+pub fn with_encoded<T: Serialize + ?Sized, R>(value: &T, use_bytes: impl FnOnce(&[u8]) -> R) -> R {
+    const BYTES: usize = 1024;
+    // The buffer is handed over whole until the last piece: the piece
+    // before a piece is kept, and goes to the vector when another follows.
+    let (mut held, mut held_length) = ([0u8; BYTES], 0);
+    let mut longer = Vec::new();
+    encode(value, &mut [0u8; BYTES], |piece| {
+        longer.extend_from_slice(&held[..held_length]);
+        if piece.len() <= BYTES {
+            held[..piece.len()].copy_from_slice(piece);
+            held_length = piece.len();
+        } else {
+            longer.extend_from_slice(piece);
+            held_length = 0;
+        }
+        true
+    })
+    .expect("spilling into memory cannot fail");
+    if longer.is_empty() {
+        use_bytes(&held[..held_length])
+    } else {
+        longer.extend_from_slice(&held[..held_length]);
+        use_bytes(&longer)
+    }
+}
+
 struct Spilling<'a, S> {
     buffer: &'a mut [u8],
     used: usize,
@@ -120,6 +148,11 @@ mod tests {
             })
             .expect("encodes");
             assert_eq!(encoded, expected, "buffer of {buffer_bytes} bytes");
+        }
+        for length in [0, 1, 1023, 1024, 1025, 2048, 5000] {
+            let value = "x".repeat(length);
+            let expected = postcard::to_allocvec(&(&value, 7u8, &value)).expect("encodes");
+            with_encoded(&(&value, 7u8, &value), |encoded| assert_eq!(encoded, expected, "strings of {length} bytes"));
         }
     }
 

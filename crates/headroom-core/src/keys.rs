@@ -5,13 +5,14 @@
 //! Every decision leaves a record behind for a day, so a record is small
 //! and touches little memory: 48 bytes in a vector of records, in the order
 //! they were made, and the key's text followed by the encoded answer,
-//! appended to the table's bytes (a decision with its vectors would be
-//! three allocations and twice the memory). Remembering a key allocates
-//! nothing once the bytes have room, and forgetting one frees nothing: the
-//! bytes of forgotten records are squeezed out together, once they are
-//! half of the bytes, and all at once when the last key is forgotten. (One
-//! allocation per record, freed a day later somewhere else in the heap, was
-//! a fifth of a decision's cost among a million accounts.)
+//! appended to the table's current chunk of bytes (a decision with its
+//! vectors would be three allocations and twice the memory). Chunks double
+//! up to 64 KiB and are freed when their last record is forgotten; records
+//! expire in the order made (retention is fixed and time only moves on), so
+//! chunks empty from the oldest, and a table of one key at a time reuses its
+//! one chunk. (One allocation per record, freed a day later somewhere else in
+//! the heap, was a fifth of a decision's cost among a million accounts; one
+//! vector of bytes that doubles copied them all again and again.)
 //!
 //! The records are found through an index of 8-byte slots (open addressing,
 //! linear probing): a slot holds the low half of its key's hash and the
@@ -44,21 +45,30 @@ struct KeyRecord {
     /// record to 16 bytes and make it 64.
     fingerprint: [u64; 2],
     expires_at: Timestamp,
-    /// Where the record's bytes lie in the table's: the key's length (one
-    /// byte: keys are at most 255 bytes), its text, then the encoded answer.
-    start: usize,
+    /// Where the record's bytes lie: the key's length (one byte: keys are
+    /// at most 255 bytes), its text, then the encoded answer.
+    bytes: Place,
+}
+
+/// Where a record's bytes lie among a table's chunks.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    /// The chunk's number: chunks are numbered in the order made.
+    chunk: u64,
+    start: u32,
     /// 0 for a forgotten record's place: a record has at least its key's length.
-    length: usize,
+    length: u32,
 }
 
 impl KeyRecord {
     /// The place of a forgotten record, until a new one takes it.
     fn vacant() -> KeyRecord {
-        KeyRecord { hash: 0, fingerprint: [0; 2], expires_at: Timestamp::from_millis(0), start: 0, length: 0 }
+        let bytes = Place { chunk: 0, start: 0, length: 0 };
+        KeyRecord { hash: 0, fingerprint: [0; 2], expires_at: Timestamp::from_millis(0), bytes }
     }
 
     fn is_vacant(&self) -> bool {
-        self.length == 0
+        self.bytes.length == 0
     }
 
     fn fingerprint(&self) -> u128 {
@@ -96,20 +106,104 @@ const SLOTS_MIN: usize = 8;
 /// quarters of the slots are used.
 const SLOTS_PER_RECORD: (usize, usize) = (4, 3);
 
-/// Forgotten records' bytes are squeezed out once they are half of the
-/// table's bytes and at least this many, so that a table of a few keys,
-/// used now and then, never copies its bytes.
-const SQUEEZE_MIN_BYTES: usize = 4096;
+/// The largest chunk of bytes, unless one record needs more.
+const CHUNK_BYTES_MAX: usize = 64 * 1024;
+
+/// Chunks are sized in multiples of this, so that a table of one key at a
+/// time still fits the next key, whose answer may be a byte longer, in the
+/// chunk it keeps.
+const CHUNK_BYTES_STEP: usize = 32;
+
+/// The bytes of a table's records, in chunks filled one after another.
+/// The chunk being filled is kept inline, so that a table of one chunk
+/// allocates only that chunk and reaches it without another pointer.
+#[derive(Debug, Clone, Default)]
+struct Chunks {
+    /// Filled chunks still holding records, oldest first.
+    older: VecDeque<Chunk>,
+    /// The number of the first chunk in `older`; the one being filled
+    /// follows the last of them.
+    first: u64,
+    filling: Chunk,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    /// Records whose bytes are here and not forgotten.
+    live: usize,
+}
+
+impl Chunk {
+    fn room(&self) -> usize {
+        self.bytes.capacity() - self.bytes.len()
+    }
+}
+
+impl Chunks {
+    fn filling_number(&self) -> u64 {
+        self.first + self.older.len() as u64
+    }
+
+    /// Appends a record's bytes, the concatenation of `parts`, and says where they lie.
+    fn push(&mut self, parts: [&[u8]; 3]) -> Place {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let needed = length.next_multiple_of(CHUNK_BYTES_STEP);
+        if self.filling.bytes.is_empty() {
+            // Nothing to copy: the chunk grows where it is.
+            self.filling.bytes.reserve_exact(needed);
+        } else if self.filling.room() < length {
+            let capacity = (self.filling.bytes.capacity() * 2).min(CHUNK_BYTES_MAX).max(needed);
+            let filled = std::mem::replace(&mut self.filling, Chunk { bytes: Vec::with_capacity(capacity), live: 0 });
+            self.older.push_back(filled);
+        }
+        let start = self.filling.bytes.len();
+        for part in parts {
+            self.filling.bytes.extend_from_slice(part);
+        }
+        self.filling.live += 1;
+        let (start, length) = (u32::try_from(start), u32::try_from(length));
+        let (start, length) = (start.expect("chunks stay small"), length.expect("records are small"));
+        Place { chunk: self.filling_number(), start, length }
+    }
+
+    fn chunk(&self, number: u64) -> &Chunk {
+        if number == self.filling_number() { &self.filling } else { &self.older[(number - self.first) as usize] }
+    }
+
+    fn get(&self, place: Place) -> &[u8] {
+        let start = place.start as usize;
+        &self.chunk(place.chunk).bytes[start..start + place.length as usize]
+    }
+
+    /// Forgets a record's bytes. A filled chunk with no record left is
+    /// freed; the one being filled is emptied for the next records.
+    fn release(&mut self, place: Place) {
+        if place.chunk == self.filling_number() {
+            self.filling.live -= 1;
+            if self.filling.live == 0 {
+                self.filling.bytes.clear();
+            }
+            return;
+        }
+        let chunk = &mut self.older[(place.chunk - self.first) as usize];
+        chunk.live -= 1;
+        if chunk.live == 0 {
+            chunk.bytes = Vec::new();
+        }
+        while self.older.front().is_some_and(|chunk| chunk.live == 0) {
+            self.older.pop_front();
+            self.first += 1;
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct KeyTable {
     /// Every record, in the order made; a forgotten one leaves a vacant
     /// place that the next new record takes.
     records: Vec<KeyRecord>,
-    /// The records' bytes, each appended when its record is made.
-    bytes: Vec<u8>,
-    /// How many of `bytes` belong to forgotten or replaced records.
-    dead_bytes: usize,
+    bytes: Chunks,
     vacant: Vec<usize>,
     /// The index: empty, or a power of two of slots.
     slots: Vec<Slot>,
@@ -169,7 +263,8 @@ impl KeyTable {
         if self.vacant.is_empty() {
             crate::prefetch(self.records.as_ptr().wrapping_add(self.records.len()));
         }
-        crate::prefetch(self.bytes.as_ptr().wrapping_add(self.bytes.len()));
+        let filling = &self.bytes.filling.bytes;
+        crate::prefetch(filling.as_ptr().wrapping_add(filling.len()));
     }
 
     /// Whether a new key fits, counting the keys that have expired by `now`.
@@ -179,29 +274,20 @@ impl KeyTable {
     }
 
     pub fn record(&mut self, key: HashedKey, fingerprint: u128, expires_at: Timestamp, recorded: Recorded) {
-        let (start, length) = self.append(key.key, |bytes| {
-            crate::encoding::encode(&recorded, &mut [0u8; 1024], |piece| {
-                bytes.extend_from_slice(piece);
-                true
-            })
-            .expect("spilling into a vector cannot fail");
-        });
-        self.insert(KeyRecord { hash: key.hash, fingerprint: split(fingerprint), expires_at, start, length });
+        let bytes = crate::encoding::with_encoded(&recorded, |answer| self.append(key.key, answer));
+        self.insert(KeyRecord { hash: key.hash, fingerprint: split(fingerprint), expires_at, bytes });
     }
 
-    /// Appends a record's bytes: the key's length and text, then what
-    /// `answer` appends. Returns where they lie.
-    fn append(&mut self, key: &IdempotencyKey, answer: impl FnOnce(&mut Vec<u8>)) -> (usize, usize) {
-        let start = self.bytes.len();
+    /// Appends a record's bytes, the key's length and text then the
+    /// answer, and says where they lie.
+    fn append(&mut self, key: &IdempotencyKey, answer: &[u8]) -> Place {
         let text = key.as_str().as_bytes();
-        self.bytes.push(u8::try_from(text.len()).expect("idempotency keys are at most 255 bytes"));
-        self.bytes.extend_from_slice(text);
-        answer(&mut self.bytes);
-        (start, self.bytes.len() - start)
+        let length = [u8::try_from(text.len()).expect("idempotency keys are at most 255 bytes")];
+        self.bytes.push([&length, text, answer])
     }
 
     fn stored(&self, record: &KeyRecord) -> &[u8] {
-        &self.bytes[record.start..record.start + record.length]
+        self.bytes.get(record.bytes)
     }
 
     fn key_of(&self, record: &KeyRecord) -> &[u8] {
@@ -254,30 +340,11 @@ impl KeyTable {
         }
         match self.find(record.hash, |old| self.key_of(old) == self.key_of(&record)) {
             Some((_, place)) => {
-                self.dead_bytes += self.records[place].length;
+                self.bytes.release(self.records[place].bytes);
                 self.records[place] = record;
-                self.squeeze();
             }
             None => self.add(record),
         }
-    }
-
-    /// Copies the live records' bytes into a new vector once forgotten
-    /// records' bytes are half of them: each byte is copied at most once
-    /// per byte forgotten, and the bytes never hold much more than twice
-    /// the live records'.
-    fn squeeze(&mut self) {
-        if self.dead_bytes < SQUEEZE_MIN_BYTES || self.dead_bytes * 2 < self.bytes.len() {
-            return;
-        }
-        let mut bytes = Vec::with_capacity((self.bytes.len() - self.dead_bytes) * 2);
-        for record in self.records.iter_mut().filter(|record| !record.is_vacant()) {
-            let start = bytes.len();
-            bytes.extend_from_slice(&self.bytes[record.start..record.start + record.length]);
-            record.start = start;
-        }
-        self.bytes = bytes;
-        self.dead_bytes = 0;
     }
 
     /// Adds a record whose key is not in the table.
@@ -330,7 +397,7 @@ impl KeyTable {
     /// in its run move back where their probes allow, so that no probe ever
     /// stops at the emptied slot too early.
     fn remove(&mut self, at: usize, place: usize) {
-        self.dead_bytes += self.records[place].length;
+        self.bytes.release(self.records[place].bytes);
         self.records[place] = KeyRecord::vacant();
         self.vacant.push(place);
         self.live -= 1;
@@ -372,10 +439,6 @@ impl KeyTable {
             // with one key a day would otherwise allocate it again each time.
             self.records.clear();
             self.vacant.clear();
-            self.bytes.clear();
-            self.dead_bytes = 0;
-        } else {
-            self.squeeze();
         }
     }
 
@@ -392,9 +455,8 @@ impl KeyTable {
     /// that the next operation sees it.
     pub fn restore(&mut self, stored: StoredKey) {
         let StoredKey { key, fingerprint, expires_at, answer } = stored;
-        let hash = self.hashed(&key).hash;
-        let (start, length) = self.append(&key, |bytes| bytes.extend_from_slice(&answer));
-        self.insert(KeyRecord { hash, fingerprint: split(fingerprint), expires_at, start, length });
+        let (hash, bytes) = (self.hashed(&key).hash, self.append(&key, &answer));
+        self.insert(KeyRecord { hash, fingerprint: split(fingerprint), expires_at, bytes });
     }
 
     /// Takes every key out, for a store that keeps them elsewhere.
@@ -520,9 +582,9 @@ impl<'de> Deserialize<'de> for DecodedRecords {
                 table.reserve(map.size_hint().unwrap_or(0).min(IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX));
                 while let Some((key, record)) = map.next_entry::<IdempotencyKey, DecodedRecord<'de>>()? {
                     let hash = table.hashed(&key).hash;
-                    let (start, length) = table.append(&key, |bytes| bytes.extend_from_slice(&record.answer));
+                    let bytes = table.append(&key, &record.answer);
                     let fingerprint = split(record.fingerprint);
-                    let record = KeyRecord { hash, fingerprint, expires_at: record.expires_at, start, length };
+                    let record = KeyRecord { hash, fingerprint, expires_at: record.expires_at, bytes };
                     table.expiries.push_back((record.expires_at, hash));
                     if table.find(hash, |old| table.key_of(old) == key.as_str().as_bytes()).is_some() {
                         return Err(serde::de::Error::custom(format!("the idempotency key {key} is remembered twice")));
@@ -688,6 +750,7 @@ mod tests {
         let mut table = KeyTable::default();
         let mut model: std::collections::HashMap<String, (u128, u64, u64)> = std::collections::HashMap::new();
         let mut now = 0;
+        let mut most_older_chunks = 0;
         for step in 0..20_000u64 {
             let text = format!("key-{}", next(600));
             let alive = model.get(&text).filter(|(_, expires_at, _)| *expires_at > now).copied();
@@ -708,16 +771,28 @@ mod tests {
                 table.forget_expired(at(now));
                 model.retain(|_, (_, expires_at, _)| *expires_at > now);
                 assert_eq!(table.len(), model.len(), "at step {step}");
-                let live_bytes = table.bytes.len() - table.dead_bytes;
-                let recorded: usize = table.iter().map(|record| record.length).sum();
-                assert_eq!(live_bytes, recorded, "at step {step}");
-                assert!(table.dead_bytes < SQUEEZE_MIN_BYTES || table.dead_bytes * 2 < table.bytes.len());
+                let chunks = &table.bytes;
+                let records_per_chunk = table.iter().fold(vec![0; chunks.older.len() + 1], |mut counts, record| {
+                    counts[(record.bytes.chunk - chunks.first) as usize] += 1;
+                    counts
+                });
+                let live = chunks.older.iter().chain([&chunks.filling]).map(|chunk| chunk.live);
+                assert!(live.eq(records_per_chunk), "at step {step}");
+                assert!(chunks.older.front().is_none_or(|first| first.live > 0), "at step {step}");
+                most_older_chunks = most_older_chunks.max(chunks.older.len());
             }
         }
+        assert!(most_older_chunks >= 2, "the records spanned several chunks");
         now += 100;
         table.forget_expired(at(now));
         assert_eq!(table.len(), 0);
-        assert!(table.records.is_empty() && table.bytes.is_empty() && table.slots.iter().all(|slot| *slot == 0));
+        assert!(table.records.is_empty() && table.slots.iter().all(|slot| *slot == 0));
+        let chunks = &table.bytes;
+        assert!(
+            chunks.older.is_empty() && chunks.filling.bytes.is_empty(),
+            "one chunk is kept, empty, for the next keys"
+        );
+        assert!(chunks.filling.bytes.capacity() > 0);
     }
 
     #[test]
