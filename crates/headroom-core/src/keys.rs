@@ -536,6 +536,17 @@ struct DecodedRecord<'a> {
     answer: std::borrow::Cow<'a, [u8]>,
 }
 
+/// An answer's bytes, encoded as one piece. Postcard writes a byte slice
+/// as its length and its bytes either way, but one byte at a time through
+/// `serialize_seq`: most of the time a snapshot took.
+struct AnswerBytes<'a>(&'a [u8]);
+
+impl Serialize for AnswerBytes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
 struct EncodedRecords<'t>(&'t KeyTable);
 
 impl Serialize for EncodedRecords<'_> {
@@ -546,7 +557,7 @@ impl Serialize for EncodedRecords<'_> {
             let encoded = EncodedRecord {
                 fingerprint: record.fingerprint(),
                 expires_at: record.expires_at,
-                answer: table.answer_of(record),
+                answer: AnswerBytes(table.answer_of(record)),
             };
             map.serialize_entry(table.key_text(record), &encoded)?;
         }
@@ -722,6 +733,9 @@ mod tests {
         });
         let older = Older { records: records.collect(), expiries: vec![(at(1), key("key-1"))] };
         let older = postcard::to_allocvec(&older).expect("encodes");
+        let bytes: Vec<u8> = (0..=255).cycle().take(300).collect();
+        let as_bytes = postcard::to_allocvec(&AnswerBytes(&bytes)).expect("encodes");
+        assert_eq!(as_bytes, postcard::to_allocvec(&bytes[..]).expect("encodes"), "answers encode as they always did");
 
         for bytes in [encoded, older] {
             let mut read: KeyTable = postcard::from_bytes(&bytes).expect("decodes");
