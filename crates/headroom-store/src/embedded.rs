@@ -384,58 +384,87 @@ impl Drop for FailOnPanic {
 }
 
 /// Loads the newest snapshot and replays the log after it.
+///
+/// The two cores share the work: a reader thread reads and decodes the
+/// segments to replay, one at a time, while this thread decodes the
+/// snapshot and then applies each segment the reader hands over.
 pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, StoreError> {
     std::fs::create_dir_all(directory).map_err(|error| StoreError::io(directory, error))?;
     record_catalog(directory, &catalog)?;
-    let (snapshot_batch, accounts) = match snapshot::list_snapshots(directory)?.last() {
-        Some((_, path)) => snapshot::read(path)?,
-        None => (0, Vec::new()),
-    };
-    let mut engine = Engine::from_accounts(catalog, accounts);
+    let newest_snapshot = snapshot::list_snapshots(directory)?.pop();
+    let named_batch = newest_snapshot.as_ref().map_or(0, |(batch, _)| *batch);
     let segments = log::list_segments(directory)?;
-    let mut last_batch = snapshot_batch;
-    let mut commands_since_snapshot = 0;
-    let mut tail = None;
-    for (index, (_, path)) in segments.iter().enumerate() {
-        let last = index + 1 == segments.len();
-        // The log is kept whole as the audit trail; a segment the snapshot
-        // covers entirely is not even read.
-        if !last && segments[index + 1].0 <= snapshot_batch + 1 {
-            continue;
+    // The log is kept whole as the audit trail; a segment the snapshot
+    // covers entirely is not even read.
+    let to_read: Vec<(PathBuf, bool)> = (0..segments.len())
+        .filter(|index| index + 1 == segments.len() || segments[index + 1].0 > named_batch + 1)
+        .map(|index| (segments[index].1.clone(), index + 1 == segments.len()))
+        .collect();
+    std::thread::scope(|scope| {
+        // A rendezvous: the reader holds at most one decoded segment while
+        // this thread applies another.
+        let (segment_sender, decoded_segments) = mpsc::sync_channel(0);
+        let reader = std::thread::Builder::new().name("headroom-recover".into());
+        reader
+            .spawn_scoped(scope, move || {
+                for (path, last) in to_read {
+                    let contents = log::read_segment(&path, last);
+                    let failed = contents.is_err();
+                    if segment_sender.send((path, last, contents)).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|error| StoreError::io(directory, error))?;
+        let (snapshot_batch, accounts) = match &newest_snapshot {
+            Some((_, path)) => snapshot::read(path)?,
+            None => (0, Vec::new()),
+        };
+        if let Some((_, path)) = &newest_snapshot
+            && snapshot_batch != named_batch
+        {
+            let reason = format!("the snapshot is of batch {snapshot_batch}, its name says {named_batch}");
+            return Err(StoreError::Corrupt { file: path.clone(), offset: 0, reason });
         }
-        let contents = log::read_segment(path, last)?;
-        for (batch, commands) in contents.frames {
-            if batch <= snapshot_batch {
-                continue;
-            }
-            if batch != last_batch + 1 {
-                return Err(StoreError::Corrupt {
-                    file: path.clone(),
-                    offset: 0,
-                    reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
-                });
-            }
-            for logged in &commands {
-                let replayed = apply(&mut engine, &logged.command, logged.at);
-                let same = matches!(&replayed, Ok(response) if response.events() == logged.events.as_slice());
-                if !same {
+        let mut engine = Engine::from_accounts(catalog, accounts);
+        let mut last_batch = snapshot_batch;
+        let mut commands_since_snapshot = 0;
+        let mut tail = None;
+        for (path, last, contents) in decoded_segments {
+            let contents = contents?;
+            for (batch, commands) in contents.frames {
+                if batch <= snapshot_batch {
+                    continue;
+                }
+                if batch != last_batch + 1 {
                     return Err(StoreError::Corrupt {
-                        file: path.clone(),
+                        file: path,
                         offset: 0,
-                        reason: format!("batch {batch} does not replay to what was recorded: {replayed:?}"),
+                        reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
                     });
                 }
+                for logged in &commands {
+                    let replayed = apply(&mut engine, &logged.command, logged.at);
+                    let same = matches!(&replayed, Ok(response) if response.events() == logged.events.as_slice());
+                    if !same {
+                        return Err(StoreError::Corrupt {
+                            file: path,
+                            offset: 0,
+                            reason: format!("batch {batch} does not replay to what was recorded: {replayed:?}"),
+                        });
+                    }
+                }
+                commands_since_snapshot += commands.len() as u64;
+                last_batch = batch;
             }
-            commands_since_snapshot += commands.len() as u64;
-            last_batch = batch;
+            if last {
+                tail = Some((path, contents.valid_length));
+            }
         }
-        if last {
-            tail = Some((path.clone(), contents.valid_length));
-        }
-    }
-    let (path, length) = tail.unwrap_or_else(|| (log::segment_path(directory, last_batch + 1), 0));
-    let writer = SegmentWriter::open(directory, &path, length)?;
-    Ok(Recovered { engine, last_batch, commands_since_snapshot, writer })
+        let (path, length) = tail.unwrap_or_else(|| (log::segment_path(directory, last_batch + 1), 0));
+        let writer = SegmentWriter::open(directory, &path, length)?;
+        Ok(Recovered { engine, last_batch, commands_since_snapshot, writer })
+    })
 }
 
 /// What the engine thread has applied and not yet handed to the writer.

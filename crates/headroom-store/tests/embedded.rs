@@ -235,9 +235,23 @@ fn snapshots_bound_the_log_and_recover_the_same_state() {
     let before = state(&store);
     store.close();
     assert!(!snapshot::list_snapshots(&directory).unwrap().is_empty());
-    let store = EmbeddedStore::open(config, Arc::new(Catalog::demo()), clock).unwrap();
+    let store = EmbeddedStore::open(config.clone(), Arc::new(Catalog::demo()), clock.clone()).unwrap();
     assert_eq!(state(&store), before);
     assert!(decide(&store, "k44").replayed);
+    store.close();
+
+    // A snapshot under a name that is not its batch's would skip the
+    // wrong part of the log: start-up stops and names it.
+    let (batch, newest) = snapshot::list_snapshots(&directory).unwrap().pop().unwrap();
+    let misnamed = directory.join(format!("snapshot-{:020}.bin", batch + 1));
+    std::fs::rename(&newest, &misnamed).unwrap();
+    match EmbeddedStore::open(config, Arc::new(Catalog::demo()), clock) {
+        Err(StoreError::Corrupt { file, reason, .. }) => {
+            assert_eq!(file, misnamed);
+            assert!(reason.contains("its name says"), "{reason}");
+        }
+        other => panic!("a misnamed snapshot opened: {:?}", other.map(|_| ())),
+    }
 }
 
 #[test]
