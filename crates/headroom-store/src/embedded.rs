@@ -405,7 +405,7 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
         // this thread applies another.
         let (segment_sender, decoded_segments) = mpsc::sync_channel(0);
         let reader = std::thread::Builder::new().name("headroom-recover".into());
-        reader
+        let reader = reader
             .spawn_scoped(scope, move || {
                 for (path, last) in to_read {
                     let contents = log::read_segment(&path, last);
@@ -460,6 +460,11 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
             if last {
                 tail = Some((path, contents.valid_length));
             }
+        }
+        // A reader that panicked ended the segments early: that must not
+        // read as the end of the log, which the writer would then cut.
+        if let Err(panic) = reader.join() {
+            std::panic::resume_unwind(panic);
         }
         let (path, length) = tail.unwrap_or_else(|| (log::segment_path(directory, last_batch + 1), 0));
         let writer = SegmentWriter::open(directory, &path, length)?;
