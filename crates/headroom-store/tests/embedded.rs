@@ -315,6 +315,21 @@ fn settlement_from_the_log_alone_or_with_groups_dropped_settles_everything_once(
     }
 }
 
+/// Waits until settlement has gone through every durable batch (nothing
+/// may be left to settle, and it still reads the frames).
+fn settle_the_whole_log(store: &EmbeddedStore) {
+    const STEP: std::time::Duration = std::time::Duration::from_millis(1);
+    for _ in 0..30_000 {
+        let lag = store.settlement_lag().unwrap();
+        assert!(!lag.stopped, "settlement stopped: {lag:?}");
+        if lag.settled_batch >= lag.durable_batch {
+            return;
+        }
+        std::thread::sleep(STEP);
+    }
+    panic!("settlement did not reach the end of the log: {:?}", store.settlement_lag());
+}
+
 #[test]
 fn settlement_settles_every_update_and_resumes_after_a_restart() {
     let directory = temporary_directory("settlement");
@@ -337,6 +352,7 @@ fn settlement_settles_every_update_and_resumes_after_a_restart() {
     // Forget the cursor: settlement starts over, and settling again changes nothing.
     std::fs::remove_file(directory.join("settlement.cursor")).unwrap();
     let store = open(&directory, clock).unwrap();
+    settle_the_whole_log(&store);
     assert_eq!(state(&store), settled);
 
     // Again, with new decisions while the old frames are read back: their
