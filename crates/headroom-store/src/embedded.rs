@@ -607,6 +607,9 @@ fn apply_request(
         }
         Request::Settle(updates, done) => {
             let now = clock.now();
+            // One logged command per update: room for all of them at once
+            // (the frame's reserve counted this request as one).
+            pending.logged.reserve(updates.len());
             let mut settled = Ok(());
             for update in updates {
                 let command = Command::Settle(update);
