@@ -158,6 +158,9 @@ pub struct BenchReport {
     /// User and system CPU of the server process per decision, when the
     /// bench started the server itself.
     pub server_cpu_us_per_decision: Option<f64>,
+    /// The same by thread name (the threads of one name summed), most
+    /// first: where the server's time goes.
+    pub server_cpu_by_thread: Vec<ThreadCpu>,
     /// The server's resident memory (RSS) once its subjects exist, and
     /// after the load, when the bench started the server itself.
     pub server_rss_mb: Option<(f64, f64)>,
@@ -249,12 +252,28 @@ fn rss_bytes(pid: u32) -> Result<u64, String> {
 }
 
 /// What one load measured: latencies, calls, failed decisions, seconds, and
-/// the loaded process's CPU seconds over the load.
-type Measured = (Histogram<u64>, u64, u64, f64, Option<f64>);
+/// the loaded process's CPU over the load.
+type Measured = (Histogram<u64>, u64, u64, f64, Option<ServerCpu>);
+
+/// One thread name's CPU time per decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadCpu {
+    pub thread: String,
+    pub us_per_decision: f64,
+}
 
 fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
     let (histogram, calls, errors, seconds, cpu) = measured;
     let decisions = calls * config.batch as u64 - errors;
+    let per_decision = |seconds: f64| seconds * 1e6 / decisions as f64;
+    let cpu = cpu.filter(|_| decisions > 0);
+    let mut server_cpu_by_thread: Vec<ThreadCpu> = cpu
+        .iter()
+        .flat_map(|cpu| &cpu.threads)
+        .map(|(thread, seconds)| ThreadCpu { thread: thread.clone(), us_per_decision: per_decision(*seconds) })
+        .filter(|thread| thread.us_per_decision >= THREAD_CPU_SHOWN_MIN_US)
+        .collect();
+    server_cpu_by_thread.sort_by(|one, other| other.us_per_decision.total_cmp(&one.us_per_decision));
     let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1e6;
     BenchReport {
         target: config.target,
@@ -279,7 +298,8 @@ fn report(config: &BenchConfig, measured: Measured) -> BenchReport {
         latency_p99_ms: millis(0.99),
         latency_p999_ms: millis(0.999),
         latency_max_ms: histogram.max() as f64 / 1e6,
-        server_cpu_us_per_decision: cpu.filter(|_| decisions > 0).map(|seconds| seconds * 1e6 / decisions as f64),
+        server_cpu_us_per_decision: cpu.map(|cpu| per_decision(cpu.seconds)),
+        server_cpu_by_thread,
         server_rss_mb: None,
         server_bytes_per_subject: None,
     }
@@ -326,6 +346,13 @@ fn run_redis(config: &BenchConfig) -> Result<BenchReport, String> {
 }
 
 impl BenchReport {
+    /// The server's CPU per decision by thread, most first: `name 1.2, …`.
+    fn threads_line(&self) -> Option<String> {
+        let threads = self.server_cpu_by_thread.iter();
+        let parts: Vec<_> = threads.map(|thread| format!("{} {:.1}", thread.thread, thread.us_per_decision)).collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
     pub fn table(&self) -> String {
         let cpu = self.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1} µs"));
         format!(
@@ -338,6 +365,7 @@ impl BenchReport {
              latency max       {max:>12.3} ms\n\
              errors            {errors:>12}\n\
              server CPU        {cpu:>12} per decision\n\
+             {threads}\
              {memory}",
             target = self.target,
             route = self.route,
@@ -354,6 +382,10 @@ impl BenchReport {
             p999 = self.latency_p999_ms,
             max = self.latency_max_ms,
             errors = self.errors,
+            threads = match self.threads_line() {
+                Some(threads) => format!("  by thread       {threads}\n"),
+                None => String::new(),
+            },
             memory = match (self.server_bytes_per_subject, self.server_rss_mb) {
                 (Some((set_up, loaded)), Some((rss_set_up, rss_loaded))) => format!(
                     "server memory     {set_up:>12.0} bytes per subject ({loaded:.0} after the load; RSS {rss_set_up:.0} MB, then {rss_loaded:.0} MB)\n"
@@ -515,7 +547,7 @@ async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Opt
         Some(rate) => Some(1_000_000_000 * config.connections as u64 * config.batch as u64 / rate),
         None => None,
     };
-    let cpu_before = pid.map(cpu_seconds).transpose()?;
+    let cpu_before = pid.map(CpuTimes::of).transpose()?;
     let run = Stopwatch::start();
     let mut tasks = Vec::new();
     for (connection, stream) in streams.into_iter().enumerate() {
@@ -544,8 +576,8 @@ async fn drive(config: &BenchConfig, address: &str, protocol: Protocol, pid: Opt
         errors += part_errors;
     }
     let seconds = run.nanos() as f64 / 1e9;
-    let cpu_after = pid.map(cpu_seconds).transpose()?;
-    let cpu = cpu_before.zip(cpu_after).map(|(before, after)| after - before);
+    let cpu_after = pid.map(CpuTimes::of).transpose()?;
+    let cpu = cpu_before.zip(cpu_after).map(|(before, after)| after.since(&before));
     Ok((histogram, calls, errors, seconds, cpu))
 }
 
@@ -851,16 +883,67 @@ impl StartedServer {
     }
 }
 
-/// User and system CPU seconds of process `pid` so far, from /proc.
-fn cpu_seconds(pid: u32) -> Result<f64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok());
+/// Threads below this many µs of CPU per decision are left out of the
+/// breakdown by thread.
+const THREAD_CPU_SHOWN_MIN_US: f64 = 0.05;
+
+/// User and system CPU seconds a process used over a load: in all (threads
+/// that ended included), and by thread name (the threads of one name summed).
+#[derive(Debug, Clone, PartialEq)]
+struct ServerCpu {
+    seconds: f64,
+    threads: std::collections::BTreeMap<String, f64>,
+}
+
+/// A process's CPU seconds so far: in all, and each thread's (by thread id,
+/// with its name).
+#[derive(Debug, Clone)]
+struct CpuTimes {
+    seconds: f64,
+    threads: std::collections::BTreeMap<u32, (String, f64)>,
+}
+
+impl CpuTimes {
+    /// What process `pid` used so far, from /proc.
+    fn of(pid: u32) -> Result<CpuTimes, String> {
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
+        let (_, seconds) = parse_stat(&stat).ok_or_else(|| format!("{path}: unexpected format"))?;
+        let directory = format!("/proc/{pid}/task");
+        let mut threads = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&directory).map_err(|error| format!("{directory}: {error}"))? {
+            let entry = entry.map_err(|error| format!("{directory}: {error}"))?;
+            let Some(id) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+            // A thread that ended since the directory was read has no stat.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            let times = parse_stat(&stat).ok_or_else(|| format!("{directory}/{id}/stat: unexpected format"))?;
+            threads.insert(id, times);
+        }
+        Ok(CpuTimes { seconds, threads })
+    }
+
+    /// What was used between `before` and these times, by thread name. A
+    /// thread that started since counts whole; one that ended counts in the
+    /// total only.
+    fn since(&self, before: &CpuTimes) -> ServerCpu {
+        let mut threads = std::collections::BTreeMap::new();
+        for (id, (name, seconds)) in &self.threads {
+            let earlier = before.threads.get(id).map_or(0.0, |(_, seconds)| *seconds);
+            *threads.entry(name.clone()).or_insert(0.0) += seconds - earlier;
+        }
+        ServerCpu { seconds: self.seconds - before.seconds, threads }
+    }
+}
+
+/// The name and the user and system CPU seconds in a line of
+/// `/proc/…/stat`; the name is in parentheses and may hold any character.
+fn parse_stat(stat: &str) -> Option<(String, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let (_, name) = head.split_once('(')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index)?.parse::<f64>().ok();
     // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
-    let (user, system) = ticks(11).zip(ticks(12)).ok_or_else(|| format!("{path}: unexpected format"))?;
-    Ok((user + system) / clock_ticks_per_second())
+    Some((name.to_string(), (ticks(11)? + ticks(12)?) / clock_ticks_per_second()))
 }
 
 /// The bare baseline: parses the same bodies as `headroom serve` (into the
@@ -905,12 +988,15 @@ pub fn serve_bare(listen: std::net::SocketAddr) -> Result<(), String> {
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
 fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 impl Drop for StartedServer {
@@ -944,18 +1030,19 @@ pub fn markdown(command: &str, reports: &[BenchReport], ratios: &[Ratio]) -> Str
     let _ = writeln!(out, "Command:\n\n```sh\n{command}\n```\n");
     let _ = writeln!(
         out,
-        "| target | load | decisions/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/decision | server bytes/subject (set up, loaded) |"
+        "| target | load | decisions/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/decision | by thread | server bytes/subject (set up, loaded) |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|---:|");
     for report in reports {
         let load = report.offered_rate.map_or("closed loop".to_string(), |rate| format!("open loop, {rate}/s"));
         let cpu = report.server_cpu_us_per_decision.map_or("-".to_string(), |micros| format!("{micros:.1}"));
         let memory = report
             .server_bytes_per_subject
             .map_or("-".to_string(), |(set_up, loaded)| format!("{set_up:.0}, {loaded:.0}"));
+        let threads = report.threads_line().unwrap_or_else(|| "-".to_string());
         let _ = writeln!(
             out,
-            "| {:?} | {load} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {cpu} | {memory} |",
+            "| {:?} | {load} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {cpu} | {threads} | {memory} |",
             report.target,
             report.decisions_per_second,
             report.latency_p50_ms,
@@ -1117,6 +1204,30 @@ pub fn plot(reports: &[BenchReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu_seconds_whatever_the_name_holds() {
+        let ticks = clock_ticks_per_second();
+        // utime 250 and stime 50 ticks; the name holds a parenthesis and spaces.
+        let line = "4242 (odd) name (x) S 1 4242 4242 0 -1 4194368 100 0 0 0 250 50 0 0 20 0 7 0 12 0 0";
+        assert_eq!(parse_stat(line), Some(("odd) name (x".to_string(), 300.0 / ticks)));
+        assert_eq!(parse_stat("4242 (short) S 1 2"), None);
+        assert_eq!(parse_stat("no parentheses"), None);
+    }
+
+    #[test]
+    fn cpu_by_thread_sums_a_name_and_counts_threads_that_started_whole() {
+        let times = |seconds: f64, threads: &[(u32, &str, f64)]| CpuTimes {
+            seconds,
+            threads: threads.iter().map(|(id, name, seconds)| (*id, (name.to_string(), *seconds))).collect(),
+        };
+        let before = times(10.0, &[(1, "main", 1.0), (2, "http", 2.0), (3, "http", 3.0), (4, "ended", 1.0)]);
+        let after = times(16.0, &[(1, "main", 1.0), (2, "http", 4.0), (3, "http", 4.0), (5, "writer", 1.5)]);
+        let used = after.since(&before);
+        assert_eq!(used.seconds, 6.0);
+        let expected = [("http", 3.0), ("main", 0.0), ("writer", 1.5)];
+        assert_eq!(used.threads, expected.iter().map(|(name, seconds)| (name.to_string(), *seconds)).collect());
+    }
 
     #[test]
     fn zipf_draws_favour_the_first_subjects_and_stay_in_range() {

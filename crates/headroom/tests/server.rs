@@ -599,6 +599,12 @@ fn the_bench_loads_its_own_server_and_reports() {
         assert_eq!(report["decisions"].as_u64().unwrap() % batch.parse::<u64>().unwrap(), 0);
         assert!(report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap());
         assert!(report["server_cpu_us_per_decision"].as_f64().unwrap() > 0.0, "{report}");
+        // Where that time went: the server's threads by name, most first.
+        let threads = report["server_cpu_by_thread"].as_array().unwrap();
+        let named = |name: &str| threads.iter().any(|thread| thread["thread"] == name);
+        assert!(named("headroom-http") && named("headroom-writer"), "{report}");
+        let times: Vec<f64> = threads.iter().map(|thread| thread["us_per_decision"].as_f64().unwrap()).collect();
+        assert!(times.windows(2).all(|pair| pair[0] >= pair[1]), "{report}");
         // The server's memory; per subject only from 10,000 subjects.
         assert!(report["server_rss_mb"][0].as_f64().unwrap() > 0.0, "{report}");
         assert!(report["server_bytes_per_subject"].is_null(), "{report}");
