@@ -20,7 +20,7 @@ use headroom_core::{BalanceUpdate, Catalog, Clock, Engine, Event, IdempotencyKey
 
 use crate::command::{Command, Response, apply};
 use crate::log::{self, Batch, Logged, SegmentWriter};
-use crate::settlement::{self, Durable, Progress, Settlable};
+use crate::settlement::{self, Backlog, Durable, Progress, Settlable};
 use crate::snapshot;
 use crate::{Reply, Store, StoreError};
 
@@ -49,9 +49,10 @@ pub struct StoreConfig {
     /// (`Unavailable`) instead of blocking the caller. For callers that must
     /// not block, such as async servers.
     pub refuse_when_busy: bool,
-    /// Groups of durable frames whose balance updates wait for settlement
-    /// in memory; beyond them settlement reads the log. 0: always the log.
-    pub settlable_groups_queued: usize,
+    /// Balance updates of durable frames (and the groups of frames: each
+    /// counts one more) that wait for settlement in memory; beyond them
+    /// settlement reads the log. 0: always the log.
+    pub settlable_updates_queued: usize,
 }
 
 impl StoreConfig {
@@ -61,7 +62,7 @@ impl StoreConfig {
             snapshot_every_commands: 1_000_000,
             group_commit: true,
             refuse_when_busy: false,
-            settlable_groups_queued: settlement::SETTLABLE_GROUPS_QUEUED_MAX,
+            settlable_updates_queued: settlement::SETTLABLE_UPDATES_QUEUED_MAX,
         }
     }
 }
@@ -193,13 +194,15 @@ impl EmbeddedStore {
         let durable = Arc::new(Durable::new(recovered.last_batch));
         let settlement = Arc::new(Progress::default());
         let closing = Arc::new(AtomicBool::new(false));
-        let (settlable_sender, settlable_receiver) = mpsc::sync_channel(config.settlable_groups_queued);
+        let (settlable_sender, settlable_receiver) = mpsc::channel();
+        let backlog = Arc::new(Backlog::new(config.settlable_updates_queued, recovered.last_batch));
         let settlement_thread = {
             let (directory, requests) = (config.data_directory.clone(), request_sender.clone());
             let (durable, settlement, closing) = (durable.clone(), settlement.clone(), closing.clone());
+            let settlable = (backlog.clone(), settlable_receiver);
             std::thread::Builder::new()
                 .name("headroom-settlement".to_string())
-                .spawn(move || settlement::run(directory, requests, durable, settlable_receiver, settlement, closing))
+                .spawn(move || settlement::run(directory, requests, durable, settlable, settlement, closing))
                 .map_err(|error| StoreError::io(&config.data_directory, error))?
         };
         let snapshotting = Arc::new(AtomicBool::new(false));
@@ -234,7 +237,7 @@ impl EmbeddedStore {
             let directory = config.data_directory.clone();
             let writer = recovered.writer;
             let stats = commit_stats.clone();
-            let durable = Published { durable, settlable: settlable_sender };
+            let durable = Published { durable, backlog, settlable: settlable_sender };
             std::thread::Builder::new()
                 .name("headroom-writer".to_string())
                 .spawn(move || {
@@ -778,7 +781,8 @@ fn next_job(jobs: &Receiver<WriteJob>, writer: &mut SegmentWriter, failed: &Atom
 /// and the frames' balance updates for settlement.
 struct Published {
     durable: Arc<Durable>,
-    settlable: SyncSender<Settlable>,
+    backlog: Arc<Backlog>,
+    settlable: mpsc::Sender<Settlable>,
 }
 
 /// Writes and syncs a group of frames, then answers their callers. Gives
@@ -802,7 +806,7 @@ fn write_group(
     if !failure && let Some(first_batch) = group.first_batch {
         // Never waits: a group that does not fit is read from the log.
         let settlable = Settlable { first_batch, last_batch: group.last_batch, updates: group.updates };
-        let _ = durable.settlable.try_send(settlable);
+        durable.backlog.offer(&durable.settlable, settlable);
         durable.durable.publish(group.last_batch);
         stats.record(group.commands);
     }

@@ -8,16 +8,19 @@
 //! The writer hands over the updates of every group of frames it has made
 //! durable, in memory ([`Settlable`]), so that settlement does not read
 //! back and decode what was just written. That hand-over never waits: when
-//! settlement lags and its queue is full, the writer drops the group, and
-//! settlement reads those frames from the log, as it does for the frames a
-//! restart left unsettled.
+//! settlement lags so far that its queue is full, the writer drops the
+//! group and says so ([`Backlog::dropped_through`]), and settlement reads
+//! those frames from the log, as it does for the frames a restart left
+//! unsettled. It reads the log for nothing else: a durable group that was
+//! not dropped is in the queue already (the writer hands it over before it
+//! publishes it durable), so settlement catches up from memory.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 
 use headroom_core::{BalanceUpdate, Event};
@@ -40,11 +43,55 @@ const SETTLE_UPDATES_PER_REQUEST: usize = 1_024;
 /// again at most (harmlessly), against two syncs per save.
 const CURSOR_SAVE_EVERY_BATCHES: u64 = 256;
 
-/// Groups of durable frames waiting for settlement in memory, beyond which
-/// the writer drops them (settlement then reads them from the log): bounds
-/// the memory a lagging settlement holds. The default of
-/// `StoreConfig::settlable_groups_queued`.
-pub const SETTLABLE_GROUPS_QUEUED_MAX: usize = 16;
+/// Balance updates (and groups: each counts one more) waiting for
+/// settlement in memory, beyond which the writer drops groups (settlement
+/// then reads them from the log): bounds the memory a lagging settlement
+/// holds. The default of `StoreConfig::settlable_updates_queued`.
+pub const SETTLABLE_UPDATES_QUEUED_MAX: usize = 1 << 18;
+
+/// What waits for settlement in memory, shared by the writer and settlement.
+#[derive(Debug)]
+pub struct Backlog {
+    /// Most updates (and groups) queued; 0 drops every group.
+    limit: usize,
+    /// Updates and groups queued now.
+    queued: AtomicUsize,
+    /// The last batch of the log that settlement must read from the log:
+    /// what a restart left, and every group the writer dropped.
+    dropped_through: AtomicU64,
+}
+
+impl Backlog {
+    /// `log_ends_at`: the last batch recovered, all of it only in the log.
+    pub fn new(limit: usize, log_ends_at: u64) -> Backlog {
+        Backlog { limit, queued: AtomicUsize::new(0), dropped_through: AtomicU64::new(log_ends_at) }
+    }
+
+    /// Hands a durable group to settlement, or drops it if too much waits.
+    /// Never waits. Called before the group is published durable.
+    pub fn offer(&self, queue: &Sender<Settlable>, group: Settlable) {
+        let weight = group.updates.len() + 1;
+        let queued = self.queued.load(Ordering::SeqCst);
+        if queued + weight <= self.limit {
+            self.queued.fetch_add(weight, Ordering::SeqCst);
+            let last_batch = group.last_batch;
+            if queue.send(group).is_ok() {
+                return;
+            }
+            self.queued.fetch_sub(weight, Ordering::SeqCst);
+            self.dropped_through.fetch_max(last_batch, Ordering::SeqCst);
+        } else {
+            self.dropped_through.fetch_max(group.last_batch, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes the next group handed over, if one waits.
+    fn take(&self, queue: &Receiver<Settlable>) -> Option<Settlable> {
+        let group = queue.try_recv().ok()?;
+        self.queued.fetch_sub(group.updates.len() + 1, Ordering::SeqCst);
+        Some(group)
+    }
+}
 
 /// The balance updates of durable frames `first_batch..=last_batch`, in order.
 pub struct Settlable {
@@ -198,7 +245,7 @@ pub fn run(
     directory: PathBuf,
     requests: SyncSender<crate::embedded::Request>,
     durable: Arc<Durable>,
-    settlable: Receiver<Settlable>,
+    settlable: (Arc<Backlog>, Receiver<Settlable>),
     progress: Arc<Progress>,
     closing: Arc<AtomicBool>,
 ) {
@@ -212,7 +259,7 @@ fn settle_loop(
     directory: &Path,
     requests: &SyncSender<crate::embedded::Request>,
     durable: &Durable,
-    settlable: &Receiver<Settlable>,
+    (backlog, settlable): &(Arc<Backlog>, Receiver<Settlable>),
     progress: &Progress,
     closing: &AtomicBool,
 ) -> Result<(), StoreError> {
@@ -227,14 +274,18 @@ fn settle_loop(
         // The writer hands a group over before it publishes it durable.
         let durable_batch = durable.wait_past(cursor);
         if next_group.is_none() {
-            next_group = settlable.try_recv().ok();
+            next_group = backlog.take(settlable);
         }
         let mut updates = Vec::new();
         let mut last = cursor;
         // From the log: the frames before the next group in memory (a
-        // restart's backlog, groups dropped while settlement lagged), or
-        // every durable frame if none is waiting.
-        let read_through = next_group.as_ref().map_or(durable_batch, |group| group.first_batch - 1);
+        // restart's backlog, groups dropped while settlement lagged), or,
+        // if none waits, the durable frames dropped. Every other durable
+        // group is in memory: handed over before it was published.
+        let read_through = match &next_group {
+            Some(group) => group.first_batch - 1,
+            None => durable_batch.min(backlog.dropped_through.load(Ordering::SeqCst)),
+        };
         tail.skip_to(last + 1);
         while last < read_through && updates.len() < SETTLE_UPDATES_PER_ROUND_MAX {
             let Some((batch, commands)) = tail.next(read_through)? else { break };
@@ -255,7 +306,7 @@ fn settle_loop(
                 updates.extend(group.updates);
                 last = group.last_batch;
             }
-            next_group = settlable.try_recv().ok();
+            next_group = backlog.take(settlable);
         }
         let (sender, receiver) = mpsc::channel();
         let mut submitted = 0;
@@ -293,4 +344,40 @@ fn settle_loop(
         write_cursor(directory, cursor)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group without updates: it weighs one.
+    fn group(first_batch: u64, last_batch: u64) -> Settlable {
+        Settlable { first_batch, last_batch, updates: Vec::new() }
+    }
+
+    #[test]
+    fn the_backlog_queues_what_fits_and_marks_what_it_drops() {
+        // The log ends at batch 3 at start: read from the log.
+        let backlog = Backlog::new(5, 3);
+        let (sender, receiver) = mpsc::channel();
+        backlog.offer(&sender, group(4, 4)); // 1 queued
+        backlog.offer(&sender, group(5, 6)); // 2 queued
+        backlog.offer(&sender, group(7, 7)); // 3 queued
+        assert_eq!(backlog.dropped_through.load(Ordering::SeqCst), 3);
+        backlog.offer(&sender, group(8, 9)); // 4 queued
+        backlog.offer(&sender, group(10, 10)); // 5 queued: full
+        backlog.offer(&sender, group(11, 12)); // dropped
+        assert_eq!(backlog.dropped_through.load(Ordering::SeqCst), 12);
+        let taken: Vec<_> = std::iter::from_fn(|| backlog.take(&receiver)).map(|group| group.first_batch).collect();
+        assert_eq!(taken, [4, 5, 7, 8, 10]);
+        // Room again once settlement took them.
+        backlog.offer(&sender, group(13, 13));
+        assert_eq!(backlog.take(&receiver).map(|group| group.last_batch), Some(13));
+        assert_eq!(backlog.dropped_through.load(Ordering::SeqCst), 12);
+        // 0: every group is dropped.
+        let none = Backlog::new(0, 0);
+        none.offer(&sender, group(1, 2));
+        assert!(none.take(&receiver).is_none());
+        assert_eq!(none.dropped_through.load(Ordering::SeqCst), 2);
+    }
 }
