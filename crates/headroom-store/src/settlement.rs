@@ -70,19 +70,17 @@ impl Backlog {
     /// Hands a durable group to settlement, or drops it if too much waits.
     /// Never waits. Called before the group is published durable.
     pub fn offer(&self, queue: &Sender<Settlable>, group: Settlable) {
-        let weight = group.updates.len() + 1;
-        let queued = self.queued.load(Ordering::SeqCst);
-        if queued + weight <= self.limit {
+        let (weight, last_batch) = (group.updates.len() + 1, group.last_batch);
+        // Only the writer adds: what it reads here can only shrink meanwhile.
+        if self.queued.load(Ordering::SeqCst) + weight <= self.limit {
             self.queued.fetch_add(weight, Ordering::SeqCst);
-            let last_batch = group.last_batch;
             if queue.send(group).is_ok() {
                 return;
             }
+            // Settlement has stopped: nothing takes the group.
             self.queued.fetch_sub(weight, Ordering::SeqCst);
-            self.dropped_through.fetch_max(last_batch, Ordering::SeqCst);
-        } else {
-            self.dropped_through.fetch_max(group.last_batch, Ordering::SeqCst);
         }
+        self.dropped_through.fetch_max(last_batch, Ordering::SeqCst);
     }
 
     /// Takes the next group handed over, if one waits.
