@@ -274,16 +274,26 @@ impl KeyTable {
     }
 
     pub fn record(&mut self, key: HashedKey, fingerprint: u128, expires_at: Timestamp, recorded: Recorded) {
-        let bytes = crate::encoding::with_encoded(&recorded, |answer| self.append(key.key, answer));
-        self.insert(KeyRecord { hash: key.hash, fingerprint: split(fingerprint), expires_at, bytes });
+        let record = crate::encoding::with_encoded(&recorded, |answer| {
+            self.new_record(key.key, key.hash, fingerprint, expires_at, answer)
+        });
+        self.insert(record);
     }
 
-    /// Appends a record's bytes, the key's length and text then the
-    /// answer, and says where they lie.
-    fn append(&mut self, key: &IdempotencyKey, answer: &[u8]) -> Place {
+    /// A record of `key`, its bytes (the key's length and text, then the
+    /// answer) appended to the chunks; not yet in the index.
+    fn new_record(
+        &mut self,
+        key: &IdempotencyKey,
+        hash: u64,
+        fingerprint: u128,
+        expires_at: Timestamp,
+        answer: &[u8],
+    ) -> KeyRecord {
         let text = key.as_str().as_bytes();
         let length = [u8::try_from(text.len()).expect("idempotency keys are at most 255 bytes")];
-        self.bytes.push([&length, text, answer])
+        let bytes = self.bytes.push([&length, text, answer]);
+        KeyRecord { hash, fingerprint: split(fingerprint), expires_at, bytes }
     }
 
     fn stored(&self, record: &KeyRecord) -> &[u8] {
@@ -455,8 +465,9 @@ impl KeyTable {
     /// that the next operation sees it.
     pub fn restore(&mut self, stored: StoredKey) {
         let StoredKey { key, fingerprint, expires_at, answer } = stored;
-        let (hash, bytes) = (self.hashed(&key).hash, self.append(&key, &answer));
-        self.insert(KeyRecord { hash, fingerprint: split(fingerprint), expires_at, bytes });
+        let hash = self.hashed(&key).hash;
+        let record = self.new_record(&key, hash, fingerprint, expires_at, &answer);
+        self.insert(record);
     }
 
     /// Takes every key out, for a store that keeps them elsewhere.
@@ -593,9 +604,7 @@ impl<'de> Deserialize<'de> for DecodedRecords {
                 table.reserve(map.size_hint().unwrap_or(0).min(IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX));
                 while let Some((key, record)) = map.next_entry::<IdempotencyKey, DecodedRecord<'de>>()? {
                     let hash = table.hashed(&key).hash;
-                    let bytes = table.append(&key, &record.answer);
-                    let fingerprint = split(record.fingerprint);
-                    let record = KeyRecord { hash, fingerprint, expires_at: record.expires_at, bytes };
+                    let record = table.new_record(&key, hash, record.fingerprint, record.expires_at, &record.answer);
                     table.expiries.push_back((record.expires_at, hash));
                     if table.find(hash, |old| table.key_of(old) == key.as_str().as_bytes()).is_some() {
                         return Err(serde::de::Error::custom(format!("the idempotency key {key} is remembered twice")));
