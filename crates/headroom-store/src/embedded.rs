@@ -435,28 +435,8 @@ pub fn recover(directory: &Path, catalog: Arc<Catalog>) -> Result<Recovered, Sto
         let mut tail = None;
         for (path, last, contents) in decoded_segments {
             let contents = contents?;
-            for (batch, commands) in contents.frames {
-                if batch <= snapshot_batch {
-                    continue;
-                }
-                if batch != last_batch + 1 {
-                    return Err(StoreError::Corrupt {
-                        file: path,
-                        offset: 0,
-                        reason: format!("batch {batch} follows batch {last_batch}: part of the log is missing"),
-                    });
-                }
-                for logged in &commands {
-                    let replayed = apply(&mut engine, &logged.command, logged.at);
-                    let same = matches!(&replayed, Ok(response) if response.events() == logged.events.as_slice());
-                    if !same {
-                        return Err(StoreError::Corrupt {
-                            file: path,
-                            offset: 0,
-                            reason: format!("batch {batch} does not replay to what was recorded: {replayed:?}"),
-                        });
-                    }
-                }
+            for (batch, commands) in contents.frames.into_iter().filter(|(batch, _)| *batch > snapshot_batch) {
+                replay_frame(&mut engine, &path, batch, &commands, last_batch)?;
                 commands_since_snapshot += commands.len() as u64;
                 last_batch = batch;
             }
@@ -487,6 +467,29 @@ impl Pending {
     fn len(&self) -> usize {
         self.replies.len() + self.deliveries.len()
     }
+}
+
+/// Replays frame `batch` of the segment at `path`, which must follow
+/// `last_batch`: each command must record again exactly what it recorded.
+fn replay_frame(
+    engine: &mut Engine,
+    path: &Path,
+    batch: u64,
+    commands: &Batch,
+    last_batch: u64,
+) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { file: path.to_path_buf(), offset: 0, reason };
+    if batch != last_batch + 1 {
+        return Err(corrupt(format!("batch {batch} follows batch {last_batch}: part of the log is missing")));
+    }
+    for logged in commands {
+        let replayed = apply(engine, &logged.command, logged.at);
+        let same = matches!(&replayed, Ok(response) if response.events() == logged.events.as_slice());
+        if !same {
+            return Err(corrupt(format!("batch {batch} does not replay to what was recorded: {replayed:?}")));
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
