@@ -238,6 +238,13 @@ impl LogTail {
     }
 }
 
+/// Settlement's niceness: below the threads that answer decisions. It
+/// never holds a decision up (the available balance already counts every
+/// update that waits), so its bursts should not take a core from one in
+/// flight; at niceness 10 it still gets a tenth of a busy core's time, many
+/// times what settling takes.
+const SETTLEMENT_NICENESS: libc::c_int = 10;
+
 /// Runs until `closing` is set: follows the log and settles.
 pub fn run(
     directory: PathBuf,
@@ -247,6 +254,10 @@ pub fn run(
     progress: Arc<Progress>,
     closing: Arc<AtomicBool>,
 ) {
+    // SAFETY: a system call that reads no memory of ours. On Linux a nice
+    // value belongs to a thread, and `0` names the calling one; a failure
+    // leaves the priority as it was.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SETTLEMENT_NICENESS) };
     if let Err(error) = settle_loop(&directory, &requests, &durable, &settlable, &progress, &closing) {
         eprintln!("headroom: settlement stopped: {error}");
         progress.stopped.store(true, Ordering::SeqCst);

@@ -292,6 +292,36 @@ fn concurrent_callers_share_syncs_and_every_answer_is_durable() {
     store.query(|engine| engine.check_invariants()).unwrap().unwrap();
 }
 
+/// A thread's name and niceness from its `/proc/…/stat` line: "pid (name)
+/// state ppid …". The name may hold anything, so the fields are counted
+/// after its last parenthesis; niceness is the 19th.
+fn name_and_niceness(stat: &str) -> Option<(&str, i64)> {
+    let (head, fields) = stat.rsplit_once(')')?;
+    Some((head.split_once('(')?.1, fields.split_whitespace().nth(16)?.parse().ok()?))
+}
+
+#[test]
+fn settlement_runs_below_the_threads_that_decide() {
+    let directory = temporary_directory("niceness");
+    let store = open(&directory, clock()).unwrap();
+    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let (_, own) = name_and_niceness(&own).unwrap();
+    let settlement_below = || {
+        std::fs::read_dir("/proc/self/task").unwrap().any(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+            name_and_niceness(&stat).is_some_and(|(name, niceness)| name == "headroom-settle" && niceness > own)
+        })
+    };
+    // The thread lowers itself as it starts: wait for that, not a fixed time.
+    let mut waited = std::time::Duration::ZERO;
+    while !settlement_below() {
+        assert!(waited < std::time::Duration::from_secs(10), "no settlement thread runs below niceness {own}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        waited += std::time::Duration::from_millis(5);
+    }
+    store.close();
+}
+
 #[test]
 fn settlement_from_the_log_alone_or_with_groups_dropped_settles_everything_once() {
     // 0: every group is dropped and read back from the log; 2: a group
