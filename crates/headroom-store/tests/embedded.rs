@@ -313,12 +313,7 @@ fn settlement_runs_below_the_threads_that_decide() {
         })
     };
     // The thread lowers itself as it starts: wait for that, not a fixed time.
-    let mut waited = std::time::Duration::ZERO;
-    while !settlement_below() {
-        assert!(waited < std::time::Duration::from_secs(10), "no settlement thread runs below niceness {own}");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        waited += std::time::Duration::from_millis(5);
-    }
+    wait_until(settlement_below, || format!("no settlement thread runs below niceness {own}"));
     store.close();
 }
 
@@ -346,17 +341,25 @@ fn settlement_from_the_log_alone_or_with_groups_dropped_settles_everything_once(
     }
 }
 
+/// Polls `done` every millisecond until it holds; panics with `why_not`
+/// after 30 seconds.
+fn wait_until(done: impl Fn() -> bool, why_not: impl FnOnce() -> String) {
+    for _ in 0..30_000 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("{}", why_not());
+}
+
 /// Waits until settlement has gone through every durable batch (nothing
 /// may be left to settle, and it still reads the frames).
 fn settle_the_whole_log(store: &EmbeddedStore) {
-    const STEP: std::time::Duration = std::time::Duration::from_millis(1);
-    for _ in 0..30_000 {
-        if store.settlement_batches_behind() == 0 {
-            return;
-        }
-        std::thread::sleep(STEP);
-    }
-    panic!("settlement did not reach the end of the log: {:?}", store.settlement_lag());
+    wait_until(
+        || store.settlement_batches_behind() == 0,
+        || format!("settlement did not reach the end of the log: {:?}", store.settlement_lag()),
+    );
 }
 
 #[test]
