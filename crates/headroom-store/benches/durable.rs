@@ -113,7 +113,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |cores| cores.get())
     );
     println!(
-        "{:<24} {:>17} {:>9} {:>7} {:>11} {:>8} {:>10} {:>9} {:>9}",
+        "{:<24} {:>17} {:>9} {:>7} {:>11} {:>8} {:>10} {:>9} {:>9} {:>9}",
         "configuration",
         "callers",
         "decisions",
@@ -122,7 +122,8 @@ fn main() {
         "× SQLite",
         "× no group",
         "per sync",
-        "unsettled"
+        "unsettled",
+        "engine µs"
     );
 
     let mut sqlite = Vec::new();
@@ -217,6 +218,8 @@ struct Measured {
     /// settlement follows the log on its own thread, so a backlog is work
     /// the run did not pay for.
     unsettled: Option<u64>,
+    /// CPU time of the store's engine thread over the run, per decision.
+    engine_per_decision: Option<Duration>,
 }
 
 impl Measured {
@@ -235,8 +238,11 @@ fn print_row(
     let ratio = |value: Option<f64>| value.map_or("—".to_string(), |ratio| format!("{ratio:.1}×"));
     let per_sync = measured.commands_per_sync.map_or("—".to_string(), |commands| format!("{commands:.1}"));
     let unsettled = measured.unsettled.map_or("—".to_string(), |updates| updates.to_string());
+    let engine = measured
+        .engine_per_decision
+        .map_or("—".to_string(), |engine| format!("{:.2}", engine.as_nanos() as f64 / 1_000.0));
     println!(
-        "{:<24} {:>17} {:>9} {:>7.2} {:>11.0} {:>8} {:>10} {:>9} {:>9}",
+        "{:<24} {:>17} {:>9} {:>7.2} {:>11.0} {:>8} {:>10} {:>9} {:>9} {:>9}",
         configuration,
         callers,
         measured.decisions,
@@ -246,6 +252,7 @@ fn print_row(
         ratio(versus_ungrouped),
         per_sync,
         unsettled,
+        engine,
     );
 }
 
@@ -337,17 +344,29 @@ impl Workload {
     }
 }
 
-/// Counts answers from whichever thread delivers them.
-#[derive(Default)]
+/// Counts answers from whichever thread delivers them, from the start of a run.
 struct Tally {
     decisions: AtomicU64,
     allowed: AtomicU64,
     events: AtomicU64,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
+    /// The engine thread's CPU time when the run started (none for SQLite).
+    engine_at_start: Option<Duration>,
 }
 
 impl Tally {
+    fn start() -> Tally {
+        Tally {
+            decisions: AtomicU64::new(0),
+            allowed: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+            engine_at_start: engine_cpu(),
+        }
+    }
+
     fn count(&self, result: Result<Response, headroom_store::StoreError>) {
         match result {
             Ok(Response::Decision(outcome)) if !outcome.replayed => {
@@ -391,8 +410,27 @@ impl Tally {
             seconds,
             commands_per_sync: None,
             unsettled: None,
+            engine_per_decision: self.engine_at_start.zip(engine_cpu()).and_then(|(start, end)| {
+                let per_decision = end.saturating_sub(start).checked_div(u32::try_from(decisions).ok()?)?;
+                Some(per_decision)
+            }),
         }
     }
+}
+
+/// CPU time the running store's engine thread has used, from the kernel's
+/// scheduler statistics (nanoseconds on a CPU, first in `schedstat`). The
+/// engine applies every command in order, so its time per decision is what
+/// bounds the pipelined rows, and it varies less from run to run on a shared
+/// machine than their throughput does. `None` when no store runs.
+fn engine_cpu() -> Option<Duration> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let engine = tasks.flatten().map(|task| task.path()).find(|task| {
+        std::fs::read_to_string(task.join("comm")).is_ok_and(|name| name.trim_end() == "headroom-engine")
+    })?;
+    let schedstat = std::fs::read_to_string(engine.join("schedstat")).ok()?;
+    let nanos = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
 }
 
 // ----- The embedded store -----
@@ -452,7 +490,7 @@ fn measure_blocking(group_commit: bool, callers: usize, run: Duration) -> Measur
     let store = open_store(&directory.0, group_commit);
     let workload = Arc::new(Workload::new());
     set_up(&store, &workload);
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally::start());
     let stop = Arc::new(AtomicBool::new(false));
     let start = wall_clock();
     let threads: Vec<_> = (0..callers as u64)
@@ -567,7 +605,7 @@ fn drive_pipelined(
     decisions_each: u64,
 ) -> Measured {
     let limit = window / SUBMITTER_COUNT;
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally::start());
     let start = wall_clock();
     let threads: Vec<_> = (0..SUBMITTER_COUNT as u64)
         .map(|caller| {
@@ -681,7 +719,7 @@ fn measure_sqlite(callers: usize, run: Duration) -> Measured {
     let directory = TemporaryDirectory::new(&format!("sqlite-{callers}"));
     let path = directory.0.join("decisions.db");
     set_up_sqlite(&path);
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally::start());
     let stop = Arc::new(AtomicBool::new(false));
     let start = wall_clock();
     let threads: Vec<_> = (0..callers as u64)
