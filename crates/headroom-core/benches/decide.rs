@@ -41,6 +41,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// them in cache and measures something kinder.)
 const SUBJECT_COUNT: usize = 1_000_000;
 
+/// Overrides [`SUBJECT_COUNT`]: with a few thousand subjects every account
+/// stays in the cache, and a run measures the work of a decision without
+/// its cache misses (a change to that work shows there first; at a million
+/// subjects the misses dominate and the run-to-run spread hides it).
+const SUBJECTS_VARIABLE: &str = "HEADROOM_BENCH_SUBJECTS";
+
+fn subject_count() -> usize {
+    match std::env::var(SUBJECTS_VARIABLE) {
+        Ok(text) => text.parse().unwrap_or_else(|_| panic!("{SUBJECTS_VARIABLE}: {text:?} is not a count of subjects")),
+        Err(_) => SUBJECT_COUNT,
+    }
+}
+
 /// Exponent of the Zipf distribution of keys: the k-th most active subject
 /// makes a share proportional to 1/k. At 1.0 over a million keys the hottest
 /// subject makes about 7% of the requests, the top 1,000 about half.
@@ -202,17 +215,17 @@ struct KeySequences {
 }
 
 impl KeySequences {
-    fn new(seed: u64) -> KeySequences {
+    fn new(seed: u64, subject_count: usize) -> KeySequences {
         let mut random = SplitMix64::new(seed);
-        let uniform = (0..SEQUENCE_LENGTH).map(|_| random.below(SUBJECT_COUNT) as u32).collect();
+        let uniform = (0..SEQUENCE_LENGTH).map(|_| random.below(subject_count) as u32).collect();
         // Ranks are scattered over the subjects, so that the hottest subjects
         // are not the ones created one after the other, next to each other
         // in memory.
-        let mut subject_of_rank: Vec<u32> = (0..SUBJECT_COUNT as u32).collect();
-        for index in (1..SUBJECT_COUNT).rev() {
+        let mut subject_of_rank: Vec<u32> = (0..subject_count as u32).collect();
+        for index in (1..subject_count).rev() {
             subject_of_rank.swap(index, random.below(index + 1));
         }
-        let zipf_sampler = Zipf::new(SUBJECT_COUNT, ZIPF_EXPONENT);
+        let zipf_sampler = Zipf::new(subject_count, ZIPF_EXPONENT);
         let zipf = (0..SEQUENCE_LENGTH).map(|_| subject_of_rank[zipf_sampler.sample(&mut random)]).collect();
         KeySequences { uniform, zipf }
     }
@@ -294,10 +307,11 @@ struct World {
 
 impl World {
     fn build() -> World {
-        println!("key sequences from seed {SEED:#x}");
-        let sequences = KeySequences::new(SEED);
+        let subject_count = subject_count();
+        println!("{subject_count} subjects, key sequences from seed {SEED:#x}");
+        let sequences = KeySequences::new(SEED, subject_count);
         let subjects: Vec<SubjectId> =
-            (0..SUBJECT_COUNT).map(|index| SubjectId::new(&format!("subject-{index}")).expect("a valid id")).collect();
+            (0..subject_count).map(|index| SubjectId::new(&format!("subject-{index}")).expect("a valid id")).collect();
         let catalog = Arc::new(Catalog::from_toml(CATALOG).expect("the catalog is valid"));
         let mut driver = Driver {
             engine: Engine::new(catalog),

@@ -130,6 +130,64 @@ struct Applicable {
     meter: Meter,
 }
 
+/// The two window sets a request reads, its subject's and its account's,
+/// found once per operation rather than again at every window.
+#[derive(Clone, Copy)]
+struct WindowStates<'a> {
+    subject: &'a WindowSet,
+    account: &'a WindowSet,
+}
+
+impl<'a> WindowStates<'a> {
+    /// The state of an applicable window: `None` until first used.
+    fn state(self, applicable: Applicable) -> &'a Option<WindowState> {
+        let set = match applicable.scope {
+            Scope::Subject => self.subject,
+            Scope::Account => self.account,
+        };
+        &set.states[applicable.meter.window]
+    }
+
+    /// Units of `quantity` the windows can cover: the least any of them
+    /// has left; none when no window applies.
+    fn cover(self, applicable: &Applicables, quantity: u64, now: Timestamp) -> u64 {
+        if applicable.is_empty() {
+            return 0;
+        }
+        applicable.iter().fold(quantity, |cover, one| {
+            let spec = applicable.spec(*one);
+            let remaining = self.state(*one).as_ref().map_or(spec.capacity, |state| state.remaining(spec, now));
+            cover.min(remaining / one.meter.weight)
+        })
+    }
+
+    fn reports(self, applicable: &Applicables, now: Timestamp) -> Vec<WindowReport> {
+        let mut reports = Vec::with_capacity(applicable.len());
+        for one in applicable.iter() {
+            let spec = applicable.spec(*one);
+            reports.push(match self.state(*one) {
+                Some(state) => state.report(spec, now),
+                None => WindowState::new(spec, now).report(spec, now),
+            });
+        }
+        reports
+    }
+}
+
+/// The windows that apply to a use of `feature` by the owner of `states`:
+/// the subject's own (from its plan) and the account's (from the account's plan).
+fn applicable<'c>(catalog: &'c Catalog, states: WindowStates, feature: &FeatureId) -> Applicables<'c> {
+    let (subject_plan, account_plan) = (&catalog.plans[&states.subject.plan], &catalog.plans[&states.account.plan]);
+    let mut applicable = Applicables::new(subject_plan, account_plan);
+    for (plan, scope) in [(subject_plan, Scope::Subject), (account_plan, Scope::Account)] {
+        let meters = catalog.meters(&plan.id, feature);
+        for meter in meters.iter().filter(|meter| plan.windows[meter.window].scope == scope) {
+            applicable.push(Applicable { scope, meter: *meter });
+        }
+    }
+    applicable
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Reservation {
     subject: SubjectId,
@@ -341,8 +399,9 @@ impl AccountState {
         let mut events = Vec::with_capacity(EVENTS_OF_A_USE);
         self.advance(catalog, now, &mut events);
 
-        let applicable = self.applicable(catalog, &request.subject, &request.feature);
-        let window_units = self.window_cover(&request.subject, &applicable, request.quantity, now);
+        let states = self.window_states(&request.subject);
+        let applicable = applicable(catalog, states, &request.feature);
+        let window_units = states.cover(&applicable, request.quantity, now);
         let credit_units = request.quantity - window_units;
         let id = match key {
             Some(key) => DecisionId::derive(&self.id, key.key, now),
@@ -369,7 +428,7 @@ impl AccountState {
             CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, now),
             CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, now),
         }
-        decision.windows = self.window_reports(&request.subject, &applicable, now);
+        decision.windows = self.window_states(&request.subject).reports(&applicable, now);
         decision.available = self.wallet.available(now);
         if decision.allowed && !request.preview && window_units > 0 {
             self.watch_windows(catalog, &request.subject, &applicable, &decision.windows, window_units, now);
@@ -406,8 +465,9 @@ impl AccountState {
         let mut events = Vec::with_capacity(EVENTS_OF_A_USE);
         self.advance(catalog, now, &mut events);
 
-        let applicable = self.applicable(catalog, &request.subject, &request.feature);
-        let window_units = self.window_cover(&request.subject, &applicable, request.quantity, now);
+        let states = self.window_states(&request.subject);
+        let applicable = applicable(catalog, states, &request.feature);
+        let window_units = states.cover(&applicable, request.quantity, now);
         let id = DecisionId::derive(&self.id, &request.idempotency_key, now);
         let mut decision = self.blank_decision(
             id,
@@ -452,7 +512,7 @@ impl AccountState {
             CreditCover::Short(short) => self.deny(&mut decision, short, &applicable, now),
             CreditCover::NotForSale => self.deny(&mut decision, Credits::ZERO, &applicable, now),
         }
-        decision.windows = self.window_reports(&request.subject, &applicable, now);
+        decision.windows = self.window_states(&request.subject).reports(&applicable, now);
         decision.available = self.wallet.available(now);
         if decision.allowed && window_units > 0 {
             self.watch_windows(catalog, &request.subject, &applicable, &decision.windows, window_units, now);
@@ -508,8 +568,9 @@ impl AccountState {
         }
         // 3. Anything above the estimate flows down the waterfall like a new request.
         let extra = actual - from_window_hold - from_credit_hold;
-        let applicable = self.applicable(catalog, &reservation.subject, &reservation.feature);
-        let extra_window_units = self.window_cover(&reservation.subject, &applicable, extra, now);
+        let states = self.window_states(&reservation.subject);
+        let applicable = applicable(catalog, states, &reservation.feature);
+        let extra_window_units = states.cover(&applicable, extra, now);
         self.consume_windows(&reservation.subject, &applicable, extra_window_units, now, |_, _, _| {});
         let extra_credit_units = extra - extra_window_units;
         let wanted = price_of_units(extra_credit_units, price).expect(BOUNDED);
@@ -548,7 +609,7 @@ impl AccountState {
         });
         self.record_usage(&decision, &request.idempotency_key, window_units, write_off, &takes, &mut events);
         self.expire_grants(now, &mut events);
-        decision.windows = self.window_reports(&reservation.subject, &applicable, now);
+        decision.windows = self.window_states(&reservation.subject).reports(&applicable, now);
         decision.available = self.wallet.available(now);
         self.finish(catalog, Some(key), fingerprint, now, decision, events)
     }
@@ -1059,6 +1120,7 @@ impl AccountState {
             Reason::InsufficientCredits
         };
         decision.credits_short = short;
+        let states = self.window_states(&decision.subject);
         // Waiting helps if the windows alone, once they free up, can cover
         // what the credits cannot.
         let credit_units = if decision.price.is_zero() { 0 } else { available.units_at(decision.price) };
@@ -1069,7 +1131,7 @@ impl AccountState {
             applicable.iter().try_fold(now, |latest, one| {
                 let spec = applicable.spec(*one);
                 let units = window_need.checked_mul(one.meter.weight)?;
-                let at = match self.window_state(&decision.subject, *one) {
+                let at = match states.state(*one) {
                     Some(state) => state.available_at(spec, now, units)?,
                     None => WindowState::new(spec, now).available_at(spec, now, units)?,
                 };
@@ -1109,28 +1171,9 @@ impl AccountState {
         }
     }
 
-    /// The windows that apply to `subject` using `feature`: the subject's own
-    /// (from its plan) and the account's (from the account's plan).
-    fn applicable<'c>(&self, catalog: &'c Catalog, subject: &SubjectId, feature: &FeatureId) -> Applicables<'c> {
-        let subject_windows = &self.subjects[subject].windows;
-        let (subject_plan, account_plan) = (&catalog.plans[&subject_windows.plan], &catalog.plans[&self.windows.plan]);
-        let mut applicable = Applicables::new(subject_plan, account_plan);
-        for (plan, scope) in [(subject_plan, Scope::Subject), (account_plan, Scope::Account)] {
-            let meters = catalog.meters(&plan.id, feature);
-            for meter in meters.iter().filter(|meter| plan.windows[meter.window].scope == scope) {
-                applicable.push(Applicable { scope, meter: *meter });
-            }
-        }
-        applicable
-    }
-
-    /// The state of an applicable window: the subject's or the account's.
-    fn window_state(&self, subject: &SubjectId, applicable: Applicable) -> &Option<WindowState> {
-        let set = match applicable.scope {
-            Scope::Subject => &self.subjects[subject].windows,
-            Scope::Account => &self.windows,
-        };
-        &set.states[applicable.meter.window]
+    /// The window states a request reads: its subject's and the account's.
+    fn window_states(&self, subject: &SubjectId) -> WindowStates<'_> {
+        WindowStates { subject: &self.subjects[subject].windows, account: &self.windows }
     }
 
     /// The window states a scope refers to: the subject's or the account's.
@@ -1139,19 +1182,6 @@ impl AccountState {
             Scope::Subject => &mut self.subjects.get_mut(subject).expect("known subject").windows,
             Scope::Account => &mut self.windows,
         }
-    }
-
-    /// Units of `quantity` the windows can cover: the least any of them has left.
-    fn window_cover(&self, subject: &SubjectId, applicable: &Applicables, quantity: u64, now: Timestamp) -> u64 {
-        if applicable.is_empty() {
-            return 0;
-        }
-        applicable.iter().fold(quantity, |cover, one| {
-            let spec = applicable.spec(*one);
-            let remaining =
-                self.window_state(subject, *one).as_ref().map_or(spec.capacity, |state| state.remaining(spec, now));
-            cover.min(remaining / one.meter.weight)
-        })
     }
 
     /// Counts `units` in every window that applies, telling `hold` where
@@ -1167,9 +1197,15 @@ impl AccountState {
         if units == 0 {
             return;
         }
+        // Both sets at once, the subject's found once: distinct fields.
+        let subject_set = &mut self.subjects.get_mut(subject).expect("known subject").windows;
+        let account_set = &mut self.windows;
         for one in applicable.iter() {
             let spec = applicable.spec(*one);
-            let set = self.window_set_mut(subject, one.scope);
+            let set = match one.scope {
+                Scope::Subject => &mut *subject_set,
+                Scope::Account => &mut *account_set,
+            };
             let state = set.states[one.meter.window].get_or_insert_with(|| WindowState::new(spec, now));
             hold(*one, spec, state.consume(spec, now, units * one.meter.weight));
         }
@@ -1210,18 +1246,6 @@ impl AccountState {
             sources.push(SourceUse { source, units: cumulative.units_at(price) - before, credits: *credits });
         }
         sources
-    }
-
-    fn window_reports(&self, subject: &SubjectId, applicable: &Applicables, now: Timestamp) -> Vec<WindowReport> {
-        let mut reports = Vec::with_capacity(applicable.len());
-        for one in applicable.iter() {
-            let spec = applicable.spec(*one);
-            reports.push(match self.window_state(subject, *one) {
-                Some(state) => state.report(spec, now),
-                None => WindowState::new(spec, now).report(spec, now),
-            });
-        }
-        reports
     }
 }
 
