@@ -268,7 +268,11 @@ impl KeyTable {
     }
 
     /// Whether a new key fits, counting the keys that have expired by `now`.
+    /// Below the bound, as nearly always, without reading the expiries.
     pub fn has_room(&self, now: Timestamp) -> bool {
+        if self.live < IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX {
+            return true;
+        }
         let expired = self.expiries.iter().take_while(|(expiry, _)| *expiry <= now).count();
         self.live - expired.min(self.live) < IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX
     }
@@ -699,6 +703,19 @@ mod tests {
         table.forget_expired(at(300));
         assert_eq!(table.len(), 0);
         assert!(table.expiries.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_has_room_only_for_what_has_expired() {
+        let mut table = KeyTable::default();
+        for number in 0..IDEMPOTENCY_KEYS_PER_ACCOUNT_MAX as u64 {
+            let expires_at = if number == 0 { at(100) } else { at(200) };
+            remember(&mut table, &number.to_string(), 0, expires_at, 0);
+        }
+        assert!(!table.has_room(at(99)), "full, nothing expired yet");
+        assert!(table.has_room(at(100)), "one key has expired, though not yet forgotten");
+        remember(&mut table, "one-more", 0, at(300), 0);
+        assert!(!table.has_room(at(100)), "full again");
     }
 
     #[test]
