@@ -18,38 +18,39 @@ use serde::Serialize;
 pub fn encode<T: Serialize + ?Sized>(
     value: &T,
     buffer: &mut [u8],
-    spill: impl FnMut(&[u8]) -> bool,
+    mut spill: impl FnMut(&[u8]) -> bool,
 ) -> Result<(), postcard::Error> {
-    assert!(!buffer.is_empty(), "an encoding buffer holds at least a byte");
-    postcard::serialize_with_flavor(value, Spilling { buffer, used: 0, spill })
+    let tail = encode_but_the_tail(value, buffer, &mut spill)?;
+    if tail == 0 || spill(&buffer[..tail]) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) }
 }
 
 /// Encodes `value` and hands the whole encoding to `use_bytes`: from the
 /// stack when it fits 1 KiB, so that nothing is allocated, else from a vector.
 pub fn with_encoded<T: Serialize + ?Sized, R>(value: &T, use_bytes: impl FnOnce(&[u8]) -> R) -> R {
-    const BYTES: usize = 1024;
-    // The buffer is handed over whole until the last piece: the piece
-    // before a piece is kept, and goes to the vector when another follows.
-    let (mut held, mut held_length) = ([0u8; BYTES], 0);
+    let mut buffer = [0u8; 1024];
     let mut longer = Vec::new();
-    encode(value, &mut [0u8; BYTES], |piece| {
-        longer.extend_from_slice(&held[..held_length]);
-        if piece.len() <= BYTES {
-            held[..piece.len()].copy_from_slice(piece);
-            held_length = piece.len();
-        } else {
-            longer.extend_from_slice(piece);
-            held_length = 0;
-        }
+    let tail = encode_but_the_tail(value, &mut buffer, |full: &[u8]| {
+        longer.extend_from_slice(full);
         true
     })
     .expect("spilling into memory cannot fail");
     if longer.is_empty() {
-        use_bytes(&held[..held_length])
+        use_bytes(&buffer[..tail])
     } else {
-        longer.extend_from_slice(&held[..held_length]);
+        longer.extend_from_slice(&buffer[..tail]);
         use_bytes(&longer)
     }
+}
+
+/// Encodes `value` through `buffer`, handing `spill` what fills it, and
+/// returns the length of the last piece, left at the start of `buffer`.
+fn encode_but_the_tail<T: Serialize + ?Sized>(
+    value: &T,
+    buffer: &mut [u8],
+    spill: impl FnMut(&[u8]) -> bool,
+) -> Result<usize, postcard::Error> {
+    assert!(!buffer.is_empty(), "an encoding buffer holds at least a byte");
+    postcard::serialize_with_flavor(value, Spilling { buffer, used: 0, spill })
 }
 
 struct Spilling<'a, S> {
@@ -59,6 +60,8 @@ struct Spilling<'a, S> {
 }
 
 impl<S: FnMut(&[u8]) -> bool> Spilling<'_, S> {
+    #[cold]
+    #[inline(never)]
     fn spill(&mut self) -> postcard::Result<()> {
         let used = std::mem::take(&mut self.used);
         if used == 0 || (self.spill)(&self.buffer[..used]) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) }
@@ -66,9 +69,10 @@ impl<S: FnMut(&[u8]) -> bool> Spilling<'_, S> {
 }
 
 impl<S: FnMut(&[u8]) -> bool> Flavor for Spilling<'_, S> {
-    type Output = ();
+    /// The length of the last piece, still in the buffer.
+    type Output = usize;
 
-    #[inline]
+    #[inline(always)]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         if self.used == self.buffer.len() {
             self.spill()?;
@@ -78,7 +82,7 @@ impl<S: FnMut(&[u8]) -> bool> Flavor for Spilling<'_, S> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         if bytes.len() > self.buffer.len() - self.used {
             self.spill()?;
@@ -91,8 +95,8 @@ impl<S: FnMut(&[u8]) -> bool> Flavor for Spilling<'_, S> {
         Ok(())
     }
 
-    fn finalize(mut self) -> postcard::Result<()> {
-        self.spill()
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.used)
     }
 }
 
