@@ -225,7 +225,12 @@ impl WindowState {
 
     /// When the window is whole again (or, sliding, when the next unit frees up).
     pub fn resets_at(&self, spec: &WindowSpec, now: Timestamp) -> Option<Timestamp> {
-        if self.remaining(spec, now) == spec.capacity {
+        self.resets_at_with(spec, now, self.remaining(spec, now))
+    }
+
+    /// [`WindowState::resets_at`], given what `remaining` says at `now`.
+    fn resets_at_with(&self, spec: &WindowSpec, now: Timestamp, remaining: u64) -> Option<Timestamp> {
+        if remaining == spec.capacity {
             return None;
         }
         match (self, spec.kind) {
@@ -237,10 +242,10 @@ impl WindowState {
             }
             (WindowState::Sliding { .. }, WindowKind::Sliding { .. }) => {
                 // The next unit frees up when one more than what remains fits.
-                self.available_at(spec, now, self.remaining(spec, now) + 1)
+                self.available_at_with(spec, now, remaining + 1, remaining)
             }
             (WindowState::TokenBucket { .. }, WindowKind::TokenBucket { .. }) => {
-                self.available_at(spec, now, spec.capacity)
+                self.available_at_with(spec, now, spec.capacity, remaining)
             }
             _ => unreachable!("window state does not match its spec"),
         }
@@ -249,10 +254,15 @@ impl WindowState {
     /// The earliest time at or after `now` when the window can cover `units`,
     /// if nothing else is consumed meanwhile; `None` if it never can.
     pub fn available_at(&self, spec: &WindowSpec, now: Timestamp, units: u64) -> Option<Timestamp> {
+        self.available_at_with(spec, now, units, self.remaining(spec, now))
+    }
+
+    /// [`WindowState::available_at`], given what `remaining` says at `now`.
+    fn available_at_with(&self, spec: &WindowSpec, now: Timestamp, units: u64, remaining: u64) -> Option<Timestamp> {
         if units > spec.capacity {
             return None;
         }
-        if units <= self.remaining(spec, now) {
+        if units <= remaining {
             return Some(now);
         }
         match (self, spec.kind) {
@@ -294,7 +304,7 @@ impl WindowState {
             limit: spec.capacity,
             used: spec.capacity - remaining,
             remaining,
-            resets_at: self.resets_at(spec, now),
+            resets_at: self.resets_at_with(spec, now, remaining),
         }
     }
 
