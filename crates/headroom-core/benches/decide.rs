@@ -32,7 +32,7 @@ use headroom_core::*;
 /// The allocator of the `headroom` binary, so that a decision is measured as
 /// it runs there; governor's side allocates nothing in the timed loop.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: headroom_alloc::Allocator = headroom_alloc::Allocator;
 
 /// Subjects, and accounts: one subject per account. That mirrors governor's
 /// one cell per key best, and it is the consumer case, where every decision

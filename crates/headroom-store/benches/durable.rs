@@ -42,7 +42,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 /// The allocator of the `headroom` binary, so that the store is measured as it runs there.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: headroom_alloc::Allocator = headroom_alloc::Allocator;
 
 /// Accounts, each with [`SUBJECTS_PER_ACCOUNT`] subjects on plan `pro`. One
 /// account remembers at most 1,000,000 idempotency keys at a time

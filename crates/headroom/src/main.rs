@@ -9,10 +9,9 @@ use headroom::client::{Client, ClientError, GrantArguments};
 use headroom::server::{self, LogFormat, ServeConfig};
 use headroom::simulate::{self, SimulationConfig};
 
-/// mimalloc: the engine allocates answers and events that other threads
-/// free, which glibc's allocator handles with locks and consolidation.
+/// mimalloc, as `headroom_alloc` says why.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: headroom_alloc::Allocator = headroom_alloc::Allocator;
 
 /// Headroom: a real-time access engine. One decision per request: how much
 /// of this is allowed, and from where?
