@@ -177,10 +177,18 @@ impl<'a> WindowStates<'a> {
 /// The windows that apply to a use of `feature` by the owner of `states`:
 /// the subject's own (from its plan) and the account's (from the account's plan).
 fn applicable<'c>(catalog: &'c Catalog, states: WindowStates, feature: &FeatureId) -> Applicables<'c> {
-    let (subject_plan, account_plan) = (&catalog.plans[&states.subject.plan], &catalog.plans[&states.account.plan]);
+    let account_plan = &catalog.plans[&states.account.plan];
+    let account_meters = catalog.meters(&account_plan.id, feature);
+    // Most subjects are on their account's plan: looked up once, then.
+    let (subject_plan, subject_meters) = if states.subject.plan == states.account.plan {
+        (account_plan, account_meters)
+    } else {
+        let plan = &catalog.plans[&states.subject.plan];
+        (plan, catalog.meters(&plan.id, feature))
+    };
     let mut applicable = Applicables::new(subject_plan, account_plan);
-    for (plan, scope) in [(subject_plan, Scope::Subject), (account_plan, Scope::Account)] {
-        let meters = catalog.meters(&plan.id, feature);
+    let owners = [(subject_plan, subject_meters, Scope::Subject), (account_plan, account_meters, Scope::Account)];
+    for (plan, meters, scope) in owners {
         for meter in meters.iter().filter(|meter| plan.windows[meter.window].scope == scope) {
             applicable.push(Applicable { scope, meter: *meter });
         }
