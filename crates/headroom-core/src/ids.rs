@@ -51,6 +51,12 @@ fn check(text: &str, length_max: usize, allowed: fn(char) -> bool) -> Result<(),
     if text.len() > length_max {
         return Err(IdError::TooLong { length: text.len(), max: length_max });
     }
+    // Both alphabets are ASCII and refuse every other character, so a scan
+    // of the bytes decides (a byte of a longer character reads as a Latin-1
+    // one, refused too); only a refused text is decoded, to name the character.
+    if text.bytes().all(|byte| allowed(char::from(byte))) {
+        return Ok(());
+    }
     match text.char_indices().find(|(_, character)| !allowed(*character)) {
         Some((position, character)) => Err(IdError::InvalidCharacter { character, position }),
         None => Ok(()),
@@ -308,5 +314,11 @@ mod tests {
         assert!(matches!(AccountId::new(&long), Err(IdError::TooLong { .. })));
         assert!(IdempotencyKey::new("req/2026-11-25#1").is_ok());
         assert!(IdempotencyKey::new("has space").is_err());
+        assert_eq!(
+            SubjectId::new("zoë-1"),
+            Err(IdError::InvalidCharacter { character: 'ë', position: 2 }),
+            "a character beyond ASCII is named whole, at its byte position"
+        );
+        assert_eq!(IdempotencyKey::new("kéy"), Err(IdError::InvalidCharacter { character: 'é', position: 1 }));
     }
 }
