@@ -25,7 +25,7 @@ use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use headroom_core::*;
 
@@ -435,5 +435,53 @@ fn decide(criterion: &mut Criterion) {
     std::mem::forget(world);
 }
 
+/// Instead of timing, makes exactly this many decisions on each path, each
+/// path in a function of its own that is never inlined, so that an
+/// instruction counter can measure one path without the noise of a shared
+/// machine:
+///
+/// ```text
+/// HEADROOM_BENCH_SUBJECTS=2000 HEADROOM_BENCH_COUNT=50000 valgrind --tool=callgrind \
+///     --toggle-collect=decide::count_window_only target/release/deps/decide-…
+/// ```
+///
+/// and divide the instructions collected by the count.
+const COUNT_VARIABLE: &str = "HEADROOM_BENCH_COUNT";
+
+#[inline(never)]
+fn count_window_only(world: &mut World, count: usize) {
+    count_decisions(world, "call", Reason::CoveredByWindows, count);
+}
+
+#[inline(never)]
+fn count_waterfall(world: &mut World, count: usize) {
+    count_decisions(world, "task", Reason::CoveredByCredits, count);
+}
+
+fn count_decisions(world: &mut World, feature: &str, reason: Reason, count: usize) {
+    world.driver.use_feature(feature);
+    let mut cursor = Cursor::new(&world.sequences.uniform);
+    for _ in 0..count {
+        let decision = world.driver.decide(&world.subjects[cursor.next_index()]);
+        assert_eq!(decision.reason, reason);
+    }
+}
+
 criterion_group!(benches, decide);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var(COUNT_VARIABLE) {
+        Ok(text) => {
+            let count = text.parse().unwrap_or_else(|_| panic!("{COUNT_VARIABLE}: {text:?} is not a count"));
+            let mut world = World::build();
+            count_window_only(&mut world, count);
+            count_waterfall(&mut world, count);
+            println!("{count} decisions on each path, uniform keys");
+            std::mem::forget(world);
+        }
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}
