@@ -21,7 +21,12 @@ pub fn encode<T: Serialize + ?Sized>(
     mut spill: impl FnMut(&[u8]) -> bool,
 ) -> Result<(), postcard::Error> {
     let tail = encode_but_the_tail(value, buffer, &mut spill)?;
-    if tail == 0 || spill(&buffer[..tail]) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) }
+    hand_over(&mut spill, &buffer[..tail])
+}
+
+/// Hands `bytes` (if any) to `spill`; an error if it does not take them.
+fn hand_over(spill: &mut impl FnMut(&[u8]) -> bool, bytes: &[u8]) -> postcard::Result<()> {
+    if bytes.is_empty() || spill(bytes) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) }
 }
 
 /// Encodes `value` and hands the whole encoding to `use_bytes`: from the
@@ -64,7 +69,7 @@ impl<S: FnMut(&[u8]) -> bool> Spilling<'_, S> {
     #[inline(never)]
     fn spill(&mut self) -> postcard::Result<()> {
         let used = std::mem::take(&mut self.used);
-        if used == 0 || (self.spill)(&self.buffer[..used]) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) }
+        hand_over(&mut self.spill, &self.buffer[..used])
     }
 }
 
@@ -87,7 +92,7 @@ impl<S: FnMut(&[u8]) -> bool> Flavor for Spilling<'_, S> {
         if bytes.len() > self.buffer.len() - self.used {
             self.spill()?;
             if bytes.len() > self.buffer.len() {
-                return if (self.spill)(bytes) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) };
+                return hand_over(&mut self.spill, bytes);
             }
         }
         copy_small(&mut self.buffer[self.used..self.used + bytes.len()], bytes);
